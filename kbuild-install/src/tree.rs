@@ -1,0 +1,255 @@
+//! Inspecting kernel trees: the source tree (S), a built object tree (O), and the files Kbuild
+//! leaves there (`include/config/auto.conf.cmd`, `kernel.release`, `.config`).
+
+use crate::error::{Error, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use regex::Regex;
+use std::collections::BTreeMap;
+use std::sync::LazyLock;
+
+pub(crate) fn read(path: &Utf8Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))
+}
+
+/// Make a path absolute and resolve symlinks, keeping it UTF-8.
+pub fn canonical(path: &Utf8Path) -> Result<Utf8PathBuf> {
+    let p = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
+    Utf8PathBuf::from_path_buf(p).map_err(|p| {
+        Error::io(
+            "use non-UTF-8 path",
+            Utf8PathBuf::from(p.to_string_lossy().into_owned()),
+            std::io::Error::other("paths must be UTF-8"),
+        )
+    })
+}
+
+/// A kernel source tree.
+#[derive(Debug, Clone)]
+pub struct SourceTree {
+    pub path: Utf8PathBuf,
+    /// `VERSION.PATCHLEVEL.SUBLEVEL` plus `EXTRAVERSION`, as `make kernelversion` prints it.
+    pub kernelversion: String,
+}
+
+impl SourceTree {
+    pub fn open(path: &Utf8Path) -> Result<Self> {
+        let not = |why: &str| Error::NotKernelSource {
+            path: path.to_owned(),
+            why: why.to_string(),
+        };
+        if !path.is_dir() {
+            return Err(not("not a directory"));
+        }
+        let path = canonical(path)?;
+        for f in ["Kconfig", "scripts/Makefile.build", "scripts/kconfig"] {
+            if !path.join(f).exists() {
+                return Err(not(&format!("no {f}")));
+            }
+        }
+        let makefile = std::fs::read_to_string(path.join("Makefile"))
+            .map_err(|_| not("no readable Makefile"))?;
+        let kernelversion = kernelversion_of(&makefile).ok_or_else(|| not("its Makefile sets no VERSION/PATCHLEVEL"))?;
+        Ok(SourceTree {
+            path,
+            kernelversion,
+        })
+    }
+}
+
+/// `VERSION.PATCHLEVEL.SUBLEVEL[EXTRAVERSION]` from the top-level Makefile's text.
+pub fn kernelversion_of(makefile: &str) -> Option<String> {
+    static VAR: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?m)^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=[ \t]*(\S*)[ \t]*$").unwrap()
+    });
+    let mut vars = BTreeMap::new();
+    for c in VAR.captures_iter(makefile).take(8) {
+        vars.entry(c[1].to_string()).or_insert_with(|| c[2].to_string());
+    }
+    let v = vars.get("VERSION").filter(|s| !s.is_empty())?;
+    let p = vars.get("PATCHLEVEL").filter(|s| !s.is_empty())?;
+    let s = vars.get("SUBLEVEL").map(String::as_str).unwrap_or("0");
+    let s = if s.is_empty() { "0" } else { s };
+    let e = vars.get("EXTRAVERSION").map(String::as_str).unwrap_or("");
+    Some(format!("{v}.{p}.{s}{e}"))
+}
+
+/// A configured and built kernel object tree (`O=`; equal to the source tree for in-source builds).
+#[derive(Debug, Clone)]
+pub struct ObjTree {
+    pub path: Utf8PathBuf,
+    pub kernelrelease: String,
+    pub conf_cmd: AutoConfCmd,
+}
+
+impl ObjTree {
+    pub fn open(path: &Utf8Path) -> Result<Self> {
+        if !path.is_dir() {
+            return Err(Error::NotConfigured {
+                path: path.to_owned(),
+                missing: "the directory itself".into(),
+            });
+        }
+        let path = canonical(path)?;
+        for f in [".config", "include/config/auto.conf", "include/config/auto.conf.cmd"] {
+            if !path.join(f).is_file() {
+                return Err(Error::NotConfigured {
+                    path: path.clone(),
+                    missing: f.into(),
+                });
+            }
+        }
+        for f in ["include/config/kernel.release", "Module.symvers", "scripts/mod/modpost"] {
+            if !path.join(f).is_file() {
+                return Err(Error::NotBuilt {
+                    path: path.clone(),
+                    missing: f.into(),
+                });
+            }
+        }
+        let kernelrelease = read(&path.join("include/config/kernel.release"))?.trim().to_string();
+        let conf_cmd = AutoConfCmd::parse(&read(&path.join("include/config/auto.conf.cmd"))?);
+        Ok(ObjTree {
+            path,
+            kernelrelease,
+            conf_cmd,
+        })
+    }
+
+    /// Check that this object tree was built from `src`: its release must start with the
+    /// source's kernel version (LOCALVERSION and `+` may follow).
+    pub fn check_matches(&self, src: &SourceTree) -> Result<()> {
+        let rel = &self.kernelrelease;
+        let v = &src.kernelversion;
+        let ok = rel == v
+            || (rel.starts_with(v.as_str())
+                && !rel[v.len()..].starts_with(|c: char| c.is_ascii_digit()));
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::VersionMismatch {
+                srctree: src.path.clone(),
+                src_version: v.clone(),
+                objtree: self.path.clone(),
+                obj_release: rel.clone(),
+            })
+        }
+    }
+
+    pub fn srcarch(&self) -> &str {
+        self.conf_cmd.env.get("SRCARCH").map(String::as_str).unwrap_or("x86")
+    }
+}
+
+/// What `include/config/auto.conf.cmd` records: the Kconfig files parsed and the toolchain
+/// environment Kconfig saw (`ifneq "$(CC)" "gcc"` lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoConfCmd {
+    pub kconfig_files: Vec<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+impl AutoConfCmd {
+    pub fn parse(text: &str) -> Self {
+        static IFNEQ: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(r#"(?m)^ifneq "\$\(([A-Za-z0-9_]+)\)" "(.*)"$"#).unwrap());
+        let mut kconfig_files = Vec::new();
+        let mut in_deps = false;
+        for line in text.lines() {
+            if line.starts_with("deps_config :=") {
+                in_deps = true;
+                continue;
+            }
+            if in_deps {
+                let t = line.trim().trim_end_matches('\\').trim();
+                if !t.is_empty() {
+                    kconfig_files.push(t.to_string());
+                }
+                if !line.trim_end().ends_with('\\') {
+                    in_deps = false;
+                }
+            }
+        }
+        let env = IFNEQ
+            .captures_iter(text)
+            .map(|c| (c[1].to_string(), c[2].to_string()))
+            .collect();
+        AutoConfCmd { kconfig_files, env }
+    }
+}
+
+/// The value of `CONFIG_<sym>` in a `.config`/`auto.conf` text (`None` when unset).
+pub fn config_value<'a>(text: &'a str, sym: &str) -> Option<&'a str> {
+    let sym = sym.strip_prefix("CONFIG_").unwrap_or(sym);
+    text.lines().find_map(|l| {
+        l.strip_prefix("CONFIG_")
+            .and_then(|r| r.strip_prefix(sym))
+            .and_then(|r| r.strip_prefix('='))
+    })
+}
+
+/// `CROSS_COMPILE` as the prefix of the recorded `CC` (`aarch64-linux-gnu-gcc` → `aarch64-linux-gnu-`).
+pub fn cross_compile_of(cc: &str) -> String {
+    let base = cc.rsplit('/').next().unwrap_or(cc);
+    for suffix in ["gcc", "cc"] {
+        if let Some(prefix) = base.strip_suffix(suffix)
+            && (prefix.is_empty() || prefix.ends_with('-'))
+        {
+            return prefix.to_string();
+        }
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernelversion_from_makefile() {
+        let mk = "# SPDX\nVERSION = 6\nPATCHLEVEL = 12\nSUBLEVEL = 117\nEXTRAVERSION =\nNAME = x\n";
+        assert_eq!(kernelversion_of(mk).as_deref(), Some("6.12.117"));
+        let rc = "VERSION = 6\nPATCHLEVEL = 13\nSUBLEVEL = 0\nEXTRAVERSION = -rc3\n";
+        assert_eq!(kernelversion_of(rc).as_deref(), Some("6.13.0-rc3"));
+        assert_eq!(kernelversion_of("all:\n\ttrue\n"), None);
+    }
+
+    #[test]
+    fn auto_conf_cmd_lists_files_and_env() {
+        let t = "deps_config := \\\n\tKconfig \\\n\tscripts/Kconfig.include \\\n\tinit/Kconfig\n\n\
+                 include/config/auto.conf: $(deps_config)\n\n\
+                 ifneq \"$(CC)\" \"gcc\"\n$(autoconfig): FORCE\nendif\n\n\
+                 ifneq \"$(CC_VERSION_TEXT)\" \"gcc (Debian 12.2.0-14+deb12u1) 12.2.0\"\n$(autoconfig): FORCE\nendif\n";
+        let p = AutoConfCmd::parse(t);
+        assert_eq!(p.kconfig_files, ["Kconfig", "scripts/Kconfig.include", "init/Kconfig"]);
+        assert_eq!(p.env["CC"], "gcc");
+        assert_eq!(p.env["CC_VERSION_TEXT"], "gcc (Debian 12.2.0-14+deb12u1) 12.2.0");
+    }
+
+    #[test]
+    fn release_must_extend_version() {
+        let src = SourceTree {
+            path: "/s".into(),
+            kernelversion: "6.1.1".into(),
+        };
+        let mut obj = ObjTree {
+            path: "/o".into(),
+            kernelrelease: "6.1.1-custom".into(),
+            conf_cmd: AutoConfCmd::default(),
+        };
+        assert!(obj.check_matches(&src).is_ok());
+        obj.kernelrelease = "6.1.12".into();
+        assert!(matches!(obj.check_matches(&src), Err(Error::VersionMismatch { .. })));
+    }
+
+    #[test]
+    fn config_values_and_cross_prefix() {
+        let c = "CONFIG_A=y\nCONFIG_AB=m\n# CONFIG_C is not set\nCONFIG_S=\"x\"\n";
+        assert_eq!(config_value(c, "CONFIG_AB"), Some("m"));
+        assert_eq!(config_value(c, "A"), Some("y"));
+        assert_eq!(config_value(c, "C"), None);
+        assert_eq!(config_value(c, "S"), Some("\"x\""));
+        assert_eq!(cross_compile_of("gcc"), "");
+        assert_eq!(cross_compile_of("aarch64-linux-gnu-gcc"), "aarch64-linux-gnu-");
+        assert_eq!(cross_compile_of("clang"), "");
+    }
+}
