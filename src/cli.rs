@@ -59,7 +59,13 @@ mod tests {
             .unwrap()
             .render_long_help()
             .to_string();
-        for term in ["source tree (S)", "object tree (O)", "Module.symvers", "vermagic", "--force"] {
+        for term in [
+            "source tree (S)",
+            "object tree (O)",
+            "Module.symvers",
+            "vermagic",
+            "--force",
+        ] {
             assert!(help.contains(term), "kbuild-install --help lacks {term}");
         }
     }

@@ -116,7 +116,10 @@ pub fn run(prog: &str, args: &InstallArgs) -> u8 {
     match crate::install::install(&args.options(), &mut on_event) {
         Ok(manifest) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&manifest).expect("serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&manifest).expect("serializes")
+                );
             }
             0
         }

@@ -17,7 +17,8 @@ pub fn modinfo_of(data: &[u8]) -> std::result::Result<Vec<(String, String)>, Str
         .filter(|s| !s.is_empty())
         .filter_map(|s| {
             let s = String::from_utf8_lossy(s);
-            s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string()))
+            s.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
         })
         .collect())
 }
@@ -26,12 +27,18 @@ pub fn modinfo_of(data: &[u8]) -> std::result::Result<Vec<(String, String)>, Str
 pub fn section_of(data: &[u8], name: &str) -> std::result::Result<Option<Vec<u8>>, String> {
     let file = object::File::parse(data).map_err(|e| e.to_string())?;
     match file.section_by_name(name) {
-        Some(s) => s.data().map(|d| Some(d.to_vec())).map_err(|e| e.to_string()),
+        Some(s) => s
+            .data()
+            .map(|d| Some(d.to_vec()))
+            .map_err(|e| e.to_string()),
         None => Ok(None),
     }
 }
 
 /// The first value of modinfo `key`.
 pub fn modinfo_value(path: &Utf8Path, key: &str) -> Result<Option<String>> {
-    Ok(modinfo(path)?.into_iter().find(|(k, _)| k == key).map(|(_, v)| v))
+    Ok(modinfo(path)?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v))
 }

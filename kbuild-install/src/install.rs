@@ -132,10 +132,12 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
 }
 
 fn require_tool(tool: &str, role: &'static str) -> Result<()> {
-    which::which(tool).map(|_| ()).map_err(|_| Error::MissingTool {
-        tool: tool.to_string(),
-        role,
-    })
+    which::which(tool)
+        .map(|_| ())
+        .map_err(|_| Error::MissingTool {
+            tool: tool.to_string(),
+            role,
+        })
 }
 
 pub(crate) fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
@@ -144,7 +146,11 @@ pub(crate) fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
     }
     let cwd = std::env::current_dir().map_err(|e| Error::io("read current directory", ".", e))?;
     let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|_| {
-        Error::io("use", ".", std::io::Error::other("current directory is not UTF-8"))
+        Error::io(
+            "use",
+            ".",
+            std::io::Error::other("current directory is not UTF-8"),
+        )
     })?;
     Ok(cwd.join(p))
 }
@@ -311,10 +317,18 @@ fn collect(src: &SourceTree, obj: &ObjTree, auto_conf: &str) -> Result<BTreeMap<
             s.push(f);
         }
     }
-    walk(&src.path, "include", &mut s, &|d| d == "config" || d == "generated");
+    walk(&src.path, "include", &mut s, &|d| {
+        d == "config" || d == "generated"
+    });
     scripts_files(&src.path, &mut s);
     // Config variants: every Kconfig file the configuration parsed, and Kconfig's helpers.
-    s.extend(obj.conf_cmd.kconfig_files.iter().filter(|f| !f.starts_with('/')).cloned());
+    s.extend(
+        obj.conf_cmd
+            .kconfig_files
+            .iter()
+            .filter(|f| !f.starts_with('/'))
+            .cloned(),
+    );
     s.push("scripts/kconfig/merge_config.sh".into());
 
     let mut o = vec![
@@ -326,7 +340,12 @@ fn collect(src: &SourceTree, obj: &ObjTree, auto_conf: &str) -> Result<BTreeMap<
         "include/config/auto.conf.cmd".into(),
         "scripts/kconfig/conf".into(),
     ];
-    for opt in ["System.map", "modules.order", "modules.builtin", "modules.builtin.modinfo"] {
+    for opt in [
+        "System.map",
+        "modules.order",
+        "modules.builtin",
+        "modules.builtin.modinfo",
+    ] {
         if obj.path.join(opt).is_file() {
             o.push(opt.into());
         }
@@ -337,7 +356,12 @@ fn collect(src: &SourceTree, obj: &ObjTree, auto_conf: &str) -> Result<BTreeMap<
     if enabled("DEBUG_INFO_BTF_MODULES") {
         o.push("tools/bpf/resolve_btfids/resolve_btfids".into());
     }
-    walk(&obj.path, &format!("{arch}/include/generated"), &mut o, &no_prune);
+    walk(
+        &obj.path,
+        &format!("{arch}/include/generated"),
+        &mut o,
+        &no_prune,
+    );
     walk(&obj.path, "include/generated", &mut o, &no_prune);
     scripts_files(&obj.path, &mut o);
     if enabled("GCC_PLUGINS") {
@@ -380,7 +404,9 @@ fn populate(
     let symlinks = AtomicUsize::new(0);
     let bytes = AtomicU64::new(0);
     let can_link = AtomicBool::new(!copy);
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 8);
+    let workers = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 8);
     let chunk = entries.len().div_ceil(workers).max(1);
     std::thread::scope(|scope| -> Result<()> {
         let handles: Vec<_> = entries
@@ -398,9 +424,12 @@ fn populate(
                             Origin::Object => obj.join(rel),
                         };
                         let to = dest.join(rel);
-                        let meta = from.symlink_metadata().map_err(|e| Error::io("read", &from, e))?;
+                        let meta = from
+                            .symlink_metadata()
+                            .map_err(|e| Error::io("read", &from, e))?;
                         if meta.file_type().is_symlink() {
-                            let target = fs::read_link(&from).map_err(|e| Error::io("read", &from, e))?;
+                            let target =
+                                fs::read_link(&from).map_err(|e| Error::io("read", &from, e))?;
                             std::os::unix::fs::symlink(&target, &to)
                                 .map_err(|e| Error::io("create symlink", &to, e))?;
                             symlinks.fetch_add(1, Ordering::Relaxed);
@@ -432,7 +461,11 @@ fn populate(
     })?;
     let kconfig_files = files
         .keys()
-        .filter(|f| f.rsplit('/').next().is_some_and(|b| b.starts_with("Kconfig")))
+        .filter(|f| {
+            f.rsplit('/')
+                .next()
+                .is_some_and(|b| b.starts_with("Kconfig"))
+        })
         .count();
     Ok(FileCounts {
         linked: linked.into_inner(),
@@ -451,7 +484,8 @@ fn copy_file(from: &Utf8Path, to: &Utf8Path, meta: &fs::Metadata) -> Result<()> 
             .write(true)
             .open(to)
             .map_err(|e| Error::io("open", to, e))?;
-        f.set_modified(mtime).map_err(|e| Error::io("set time of", to, e))?;
+        f.set_modified(mtime)
+            .map_err(|e| Error::io("set time of", to, e))?;
     }
     Ok(())
 }

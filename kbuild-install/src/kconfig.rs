@@ -30,13 +30,19 @@ impl ConfOutputs {
 /// Run `conf --<mode> Kconfig` with `srctree=<tree>` and the toolchain environment recorded in the
 /// manifest, reading and writing `.config`, `auto.conf`, `autoconf.h` and `rustc_cfg` in `out`.
 /// The caller puts the input `.config` in `out` first.
-pub fn run_conf(tree: &Utf8Path, manifest: &Manifest, out: &ConfOutputs, mode: &str) -> Result<String> {
+pub fn run_conf(
+    tree: &Utf8Path,
+    manifest: &Manifest,
+    out: &ConfOutputs,
+    mode: &str,
+) -> Result<String> {
     for d in ["include/config", "include/generated"] {
         let p = out.dir.join(d);
         std::fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
     }
     let conf = tree.join("scripts/kconfig/conf");
-    let mut expr = duct::cmd(conf.as_str(), [format!("--{mode}"), "Kconfig".to_string()]).dir(&out.dir);
+    let mut expr =
+        duct::cmd(conf.as_str(), [format!("--{mode}"), "Kconfig".to_string()]).dir(&out.dir);
     for (k, v) in &manifest.toolchain_env {
         expr = expr.env(k, v);
     }

@@ -130,7 +130,10 @@ mod tests {
         m.cross_compile = "aarch64-linux-gnu-".into();
         m.cc = "aarch64-linux-gnu-gcc".into();
         m.arch = "arm64".into();
-        assert_eq!(m.make_vars(), ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]);
+        assert_eq!(
+            m.make_vars(),
+            ["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"]
+        );
         m.cc = "clang".into();
         assert_eq!(m.make_vars()[2], "LLVM=1");
     }

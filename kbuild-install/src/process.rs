@@ -140,8 +140,12 @@ mod tests {
 
     #[test]
     fn failing_command_names_itself_and_keeps_stderr() {
-        let err = run(duct::cmd!("sh", "-c", "echo boom >&2; exit 3"), "sh boom", false)
-            .unwrap_err();
+        let err = run(
+            duct::cmd!("sh", "-c", "echo boom >&2; exit 3"),
+            "sh boom",
+            false,
+        )
+        .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("`sh boom` failed"), "{text}");
         assert!(text.contains("boom"), "{text}");
@@ -149,7 +153,12 @@ mod tests {
 
     #[test]
     fn child_runs_in_its_own_process_group() {
-        let fin = run(duct::cmd!("sh", "-c", "ps -o pgid= -p $$; echo $$"), "ps", false).unwrap();
+        let fin = run(
+            duct::cmd!("sh", "-c", "ps -o pgid= -p $$; echo $$"),
+            "ps",
+            false,
+        )
+        .unwrap();
         let mut it = fin.stdout.split_whitespace();
         let pgid = it.next().unwrap();
         let pid = it.next().unwrap();

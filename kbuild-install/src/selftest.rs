@@ -27,7 +27,12 @@ MODULE_DESCRIPTION("kbuild-install self-test");
 "#;
 
 /// `make` for an external module build against `tree`, with the variables from its manifest.
-pub fn make_command(tree: &Utf8Path, manifest: &Manifest, m: &Utf8Path, goals: &[&str]) -> (String, Vec<String>) {
+pub fn make_command(
+    tree: &Utf8Path,
+    manifest: &Manifest,
+    m: &Utf8Path,
+    goals: &[&str],
+) -> (String, Vec<String>) {
     let mut args = vec!["-C".to_string(), tree.to_string(), format!("M={m}")];
     args.extend(manifest.make_vars());
     args.extend(goals.iter().map(|g| g.to_string()));
@@ -37,7 +42,16 @@ pub fn make_command(tree: &Utf8Path, manifest: &Manifest, m: &Utf8Path, goals: &
 /// A `duct` expression for `make` with an environment that cannot redirect the build.
 pub fn make_expr(program: &str, args: &[String]) -> duct::Expression {
     let mut e = duct::cmd(program, args);
-    for var in ["KBUILD_OUTPUT", "KBUILD_EXTMOD", "ARCH", "CROSS_COMPILE", "O", "M", "MO", "KCONFIG_CONFIG"] {
+    for var in [
+        "KBUILD_OUTPUT",
+        "KBUILD_EXTMOD",
+        "ARCH",
+        "CROSS_COMPILE",
+        "O",
+        "M",
+        "MO",
+        "KCONFIG_CONFIG",
+    ] {
         e = e.env_remove(var);
     }
     e
@@ -55,7 +69,10 @@ pub fn verify(tree: &Utf8Path, manifest: &Manifest) -> Result<String> {
         .map_err(|e| Error::io("create", std::env::temp_dir().to_string_lossy().as_ref(), e))?;
     let m = Utf8PathBuf::from_path_buf(dir.path().to_path_buf())
         .map_err(|_| fail("temporary directory path is not UTF-8".into()))?;
-    for (name, text) in [("extmod_selftest.c", SOURCE), ("Kbuild", "obj-m := extmod_selftest.o\n")] {
+    for (name, text) in [
+        ("extmod_selftest.c", SOURCE),
+        ("Kbuild", "obj-m := extmod_selftest.o\n"),
+    ] {
         let p = m.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io("write", &p, e))?;
     }

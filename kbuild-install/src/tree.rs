@@ -48,7 +48,8 @@ impl SourceTree {
         }
         let makefile = std::fs::read_to_string(path.join("Makefile"))
             .map_err(|_| not("no readable Makefile"))?;
-        let kernelversion = kernelversion_of(&makefile).ok_or_else(|| not("its Makefile sets no VERSION/PATCHLEVEL"))?;
+        let kernelversion = kernelversion_of(&makefile)
+            .ok_or_else(|| not("its Makefile sets no VERSION/PATCHLEVEL"))?;
         Ok(SourceTree {
             path,
             kernelversion,
@@ -59,11 +60,13 @@ impl SourceTree {
 /// `VERSION.PATCHLEVEL.SUBLEVEL[EXTRAVERSION]` from the top-level Makefile's text.
 pub fn kernelversion_of(makefile: &str) -> Option<String> {
     static VAR: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?m)^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=[ \t]*(\S*)[ \t]*$").unwrap()
+        Regex::new(r"(?m)^(VERSION|PATCHLEVEL|SUBLEVEL|EXTRAVERSION)\s*=[ \t]*(\S*)[ \t]*$")
+            .unwrap()
     });
     let mut vars = BTreeMap::new();
     for c in VAR.captures_iter(makefile).take(8) {
-        vars.entry(c[1].to_string()).or_insert_with(|| c[2].to_string());
+        vars.entry(c[1].to_string())
+            .or_insert_with(|| c[2].to_string());
     }
     let v = vars.get("VERSION").filter(|s| !s.is_empty())?;
     let p = vars.get("PATCHLEVEL").filter(|s| !s.is_empty())?;
@@ -90,7 +93,11 @@ impl ObjTree {
             });
         }
         let path = canonical(path)?;
-        for f in [".config", "include/config/auto.conf", "include/config/auto.conf.cmd"] {
+        for f in [
+            ".config",
+            "include/config/auto.conf",
+            "include/config/auto.conf.cmd",
+        ] {
             if !path.join(f).is_file() {
                 return Err(Error::NotConfigured {
                     path: path.clone(),
@@ -98,7 +105,11 @@ impl ObjTree {
                 });
             }
         }
-        for f in ["include/config/kernel.release", "Module.symvers", "scripts/mod/modpost"] {
+        for f in [
+            "include/config/kernel.release",
+            "Module.symvers",
+            "scripts/mod/modpost",
+        ] {
             if !path.join(f).is_file() {
                 return Err(Error::NotBuilt {
                     path: path.clone(),
@@ -106,7 +117,9 @@ impl ObjTree {
                 });
             }
         }
-        let kernelrelease = read(&path.join("include/config/kernel.release"))?.trim().to_string();
+        let kernelrelease = read(&path.join("include/config/kernel.release"))?
+            .trim()
+            .to_string();
         let conf_cmd = AutoConfCmd::parse(&read(&path.join("include/config/auto.conf.cmd"))?);
         Ok(ObjTree {
             path,
@@ -136,7 +149,11 @@ impl ObjTree {
     }
 
     pub fn srcarch(&self) -> &str {
-        self.conf_cmd.env.get("SRCARCH").map(String::as_str).unwrap_or("x86")
+        self.conf_cmd
+            .env
+            .get("SRCARCH")
+            .map(String::as_str)
+            .unwrap_or("x86")
     }
 }
 
@@ -220,9 +237,15 @@ mod tests {
                  ifneq \"$(CC)\" \"gcc\"\n$(autoconfig): FORCE\nendif\n\n\
                  ifneq \"$(CC_VERSION_TEXT)\" \"gcc (Debian 12.2.0-14+deb12u1) 12.2.0\"\n$(autoconfig): FORCE\nendif\n";
         let p = AutoConfCmd::parse(t);
-        assert_eq!(p.kconfig_files, ["Kconfig", "scripts/Kconfig.include", "init/Kconfig"]);
+        assert_eq!(
+            p.kconfig_files,
+            ["Kconfig", "scripts/Kconfig.include", "init/Kconfig"]
+        );
         assert_eq!(p.env["CC"], "gcc");
-        assert_eq!(p.env["CC_VERSION_TEXT"], "gcc (Debian 12.2.0-14+deb12u1) 12.2.0");
+        assert_eq!(
+            p.env["CC_VERSION_TEXT"],
+            "gcc (Debian 12.2.0-14+deb12u1) 12.2.0"
+        );
     }
 
     #[test]
@@ -238,7 +261,10 @@ mod tests {
         };
         assert!(obj.check_matches(&src).is_ok());
         obj.kernelrelease = "6.1.12".into();
-        assert!(matches!(obj.check_matches(&src), Err(Error::VersionMismatch { .. })));
+        assert!(matches!(
+            obj.check_matches(&src),
+            Err(Error::VersionMismatch { .. })
+        ));
     }
 
     #[test]
@@ -249,7 +275,10 @@ mod tests {
         assert_eq!(config_value(c, "C"), None);
         assert_eq!(config_value(c, "S"), Some("\"x\""));
         assert_eq!(cross_compile_of("gcc"), "");
-        assert_eq!(cross_compile_of("aarch64-linux-gnu-gcc"), "aarch64-linux-gnu-");
+        assert_eq!(
+            cross_compile_of("aarch64-linux-gnu-gcc"),
+            "aarch64-linux-gnu-"
+        );
         assert_eq!(cross_compile_of("clang"), "");
     }
 }
