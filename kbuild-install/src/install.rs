@@ -126,7 +126,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     }
 
     check_interrupted()?;
-    swap_into_place(tmp, &dest, &parent, &name)?;
+    crate::fsutil::replace_dir(tmp, &dest, &parent, &name)?;
     on_event(Event::Installed { dest: dest.clone() });
     Ok(manifest)
 }
@@ -220,40 +220,6 @@ fn check_dest(
         }
     }
     Ok((parent, name))
-}
-
-fn swap_into_place(
-    tmp: tempfile::TempDir,
-    dest: &Utf8Path,
-    parent: &Utf8Path,
-    name: &str,
-) -> Result<()> {
-    let old = if dest.symlink_metadata().is_ok() {
-        let old = tempfile::Builder::new()
-            .prefix(&format!(".{name}.kbuild-install-old-"))
-            .tempdir_in(parent)
-            .map_err(|e| Error::io("create", parent, e))?
-            .keep();
-        let old = Utf8PathBuf::from_path_buf(old).expect("UTF-8 parent");
-        fs::remove_dir(&old).map_err(|e| Error::io("remove", &old, e))?;
-        fs::rename(dest, &old).map_err(|e| Error::io("move aside", dest, e))?;
-        Some(old)
-    } else {
-        None
-    };
-    let tmp_path = tmp.path().to_path_buf();
-    if let Err(e) = fs::rename(&tmp_path, dest) {
-        if let Some(old) = &old {
-            let _ = fs::rename(old, dest);
-        }
-        return Err(Error::io("rename into place", dest, e));
-    }
-    // The temporary directory is now DEST: make sure its guard does not remove it.
-    let _ = tmp.keep();
-    if let Some(old) = old {
-        fs::remove_dir_all(&old).map_err(|e| Error::io("remove", &old, e))?;
-    }
-    Ok(())
 }
 
 /// Files below `scripts/` that install-extmod-build ships (its `find_in_scripts`).

@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod elf;
 pub mod error;
+pub mod fsutil;
 pub mod install;
 pub mod kconfig;
 pub mod manifest;

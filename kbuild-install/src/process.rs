@@ -78,6 +78,35 @@ pub fn display(program: &str, args: &[String]) -> String {
     out
 }
 
+/// Registration of a running child's process group for Ctrl-C; unregisters on drop.
+pub struct GroupGuard(Vec<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        let mut g = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        for p in &self.0 {
+            g.remove(p);
+        }
+    }
+}
+
+fn register(pids: &[u32]) -> GroupGuard {
+    let pids: Vec<i32> = pids.iter().map(|&p| p as i32).collect();
+    GROUPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(pids.iter().copied());
+    GroupGuard(pids)
+}
+
+/// Start `expr` in its own process group with stdout and stderr merged into a reader, for
+/// streaming a long build's output. Read to EOF, then `try_wait` gives the status.
+pub fn start_reader(expr: duct::Expression) -> std::io::Result<(duct::ReaderHandle, GroupGuard)> {
+    let reader = own_group(expr).stderr_to_stdout().unchecked().reader()?;
+    let guard = register(&reader.pids());
+    Ok((reader, guard))
+}
+
 /// The result of a finished child.
 #[derive(Debug)]
 pub struct Finished {
@@ -97,18 +126,9 @@ pub fn run(expr: duct::Expression, what: &str, unchecked: bool) -> Result<Finish
         .unchecked()
         .start()
         .map_err(|e| Error::command(what, None, e.to_string()))?;
-    let pids = handle.pids();
-    {
-        let mut g = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-        g.extend(pids.iter().map(|&p| p as i32));
-    }
+    let guard = register(&handle.pids());
     let out = handle.wait();
-    {
-        let mut g = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
-        for p in &pids {
-            g.remove(&(*p as i32));
-        }
-    }
+    drop(guard);
     let out = out.map_err(|e| Error::command(what, None, e.to_string()))?;
     check_interrupted()?;
     let fin = Finished {

@@ -133,10 +133,7 @@ impl ObjTree {
     pub fn check_matches(&self, src: &SourceTree) -> Result<()> {
         let rel = &self.kernelrelease;
         let v = &src.kernelversion;
-        let ok = rel == v
-            || (rel.starts_with(v.as_str())
-                && !rel[v.len()..].starts_with(|c: char| c.is_ascii_digit()));
-        if ok {
+        if release_matches(rel, v) {
             Ok(())
         } else {
             Err(Error::VersionMismatch {
@@ -155,6 +152,14 @@ impl ObjTree {
             .map(String::as_str)
             .unwrap_or("x86")
     }
+}
+
+/// Whether a kernel release (`6.12.117-custom+`) was built from a kernel version (`6.12.117`):
+/// LOCALVERSION and `+` may follow, another digit may not.
+pub fn release_matches(release: &str, version: &str) -> bool {
+    release == version
+        || (release.starts_with(version)
+            && !release[version.len()..].starts_with(|c: char| c.is_ascii_digit()))
 }
 
 /// What `include/config/auto.conf.cmd` records: the Kconfig files parsed and the toolchain

@@ -1,0 +1,709 @@
+//! The build engine: plans packages, builds them with `make -C <overlay> M=<dir> <goals>` in
+//! split object directories sharing one jobserver, stages the results, and emits [`Event`]s.
+
+use crate::error::{Error, code};
+use crate::events::{Event, PackageResult, Refusal, Status};
+use crate::kbuild::{Kind, KbuildTree};
+use crate::overlay::{self, Layers};
+use crate::package::Package;
+use crate::symbols::{Index, SymType, module_dir};
+use camino::{Utf8Path, Utf8PathBuf};
+use kbuild_install::process::{self, check_interrupted, interrupted};
+use kbuild_install::tree::{SourceTree, release_matches};
+use kbuild_install::{Error as KError, elf};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{BufRead, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, OnceLock, mpsc};
+use std::time::{Instant, UNIX_EPOCH};
+
+const STATE: &str = "state.json";
+const STATE_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub kbuild: Utf8PathBuf,
+    pub srctree: Utf8PathBuf,
+    pub objdir: Utf8PathBuf,
+    pub dest: Utf8PathBuf,
+    pub packages: Vec<Package>,
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    pub dry_run: bool,
+}
+
+/// One `make` call: the modules of a package in one directory.
+#[derive(Debug, Clone)]
+struct Unit {
+    dir: String,
+    goals: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Job {
+    pkg: Package,
+    modules: Vec<String>,
+    units: Vec<Unit>,
+    key: String,
+    notes: Vec<String>,
+}
+
+enum Plan {
+    Done(PackageResult),
+    Build(Job),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct State {
+    format: u32,
+    key: String,
+    modules: Vec<String>,
+    /// Files the build read, relative to the overlay root, with size and mtime (ns).
+    inputs: Vec<(String, u64, i128)>,
+}
+
+struct Ctx {
+    k: KbuildTree,
+    src: SourceTree,
+    objdir: Utf8PathBuf,
+    dest: Utf8PathBuf,
+    index: OnceLock<Index>,
+    srcarch: String,
+}
+
+impl Ctx {
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| Index::build(&self.src.path, &self.srcarch))
+    }
+    fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
+        self.objdir.join(name)
+    }
+    fn tree(&self, name: &str) -> Utf8PathBuf {
+        self.objdir.join(name).join("tree")
+    }
+    fn staged(&self, name: &str) -> Utf8PathBuf {
+        self.dest.join(name)
+    }
+    fn modules_dir(&self, root: &Utf8Path) -> Utf8PathBuf {
+        root.join("lib/modules").join(&self.k.kernelrelease).join("kernel")
+    }
+}
+
+fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf, Error> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    let cwd = std::env::current_dir().map_err(|e| KError::io("read current directory", ".", e))?;
+    Ok(Utf8PathBuf::from_path_buf(cwd).map_err(|_| Error::BadPath { path: p.to_owned(), what: "a non-UTF-8 current directory".into() })?.join(p))
+}
+
+fn refusal(code: u8, cause: String, hint: &str) -> Refusal {
+    Refusal { code, cause, hint: hint.to_string() }
+}
+
+/// Run a build; returns one result per package, in dependency order.
+pub fn run(opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<PackageResult>, Error> {
+    if opts.packages.is_empty() {
+        return Err(Error::NoPackages);
+    }
+    let objdir = absolute(&opts.objdir)?;
+    let dest = absolute(&opts.dest)?;
+    for p in [&opts.kbuild, &opts.srctree, &objdir, &dest] {
+        crate::error::check_kbuild_path(p)?;
+    }
+    let k = KbuildTree::open(&opts.kbuild)?;
+    let src = SourceTree::open(&opts.srctree)?;
+    if !release_matches(&k.kernelrelease, &src.kernelversion) {
+        return Err(KError::VersionMismatch {
+            srctree: src.path.clone(),
+            src_version: src.kernelversion.clone(),
+            objtree: k.path.clone(),
+            obj_release: k.kernelrelease.clone(),
+        }
+        .into());
+    }
+    for p in [&objdir, &dest] {
+        for (tree, which) in [(&src.path, "source"), (&k.path, "Kbuild")] {
+            if p.starts_with(tree) {
+                return Err(KError::DestInsideTree { dest: p.clone(), which, tree: tree.clone() }.into());
+            }
+        }
+    }
+    let cc = kbuild_install::Manifest::load(&k.path).map(|m| m.cc).unwrap_or_else(|_| "gcc".into());
+    for (tool, role) in [("make", "GNU make"), (cc.as_str(), "the kernel's C compiler (CC)")] {
+        which::which(tool).map_err(|_| KError::MissingTool { tool: tool.to_string(), role })?;
+    }
+    let srcarch = kbuild_install::Manifest::load(&k.path)
+        .map(|m| m.srcarch)
+        .unwrap_or_else(|_| "x86".into());
+    let packages = crate::package::order(opts.packages.clone())?;
+    let ctx = Ctx { k, src, objdir, dest, index: OnceLock::new(), srcarch };
+
+    // Plan.
+    let mut stat_cache = HashMap::new();
+    let mut plans = Vec::new();
+    for pkg in &packages {
+        plans.push(plan(&ctx, pkg, &mut stat_cache)?);
+    }
+    let to_build = plans.iter().filter(|p| matches!(p, Plan::Build(_))).count();
+    emit(Event::Planned { packages: plans.len(), to_build });
+
+    if opts.dry_run {
+        let mut out = Vec::new();
+        for p in plans {
+            let r = match p {
+                Plan::Done(r) => r,
+                Plan::Build(job) => {
+                    let mut r = PackageResult::new(&job.pkg.name, Status::Planned);
+                    r.commands = job.units.iter().map(|u| command_line(&ctx, &job, u, &[])).collect();
+                    r.modules = job.modules.clone();
+                    r.notes = job.notes.clone();
+                    r
+                }
+            };
+            emit(Event::Finished(r.clone()));
+            out.push(r);
+        }
+        return Ok(out);
+    }
+    for d in [&ctx.objdir, &ctx.dest] {
+        std::fs::create_dir_all(d).map_err(|e| KError::io("create", d.as_path(), e))?;
+    }
+    execute(&ctx, plans, opts, emit)
+}
+
+fn package_key(ctx: &Ctx, pkg: &Package) -> String {
+    let mut h = Sha256::new();
+    h.update(serde_json::to_vec(pkg).expect("package serializes"));
+    h.update(ctx.k.identity.as_bytes());
+    h.update(ctx.k.path.as_str().as_bytes());
+    h.update(ctx.src.path.as_str().as_bytes());
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(STATE_FORMAT.to_le_bytes());
+    format!("{:x}", h.finalize())
+}
+
+fn stat(path: &Utf8Path) -> Option<(u64, i128)> {
+    let m = std::fs::metadata(path).ok()?;
+    let t = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos() as i128;
+    Some((m.len(), t))
+}
+
+fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, i128)>>) -> Result<Plan, Error> {
+    let key = package_key(ctx, pkg);
+    let tree = ctx.tree(&pkg.name);
+    // Fresh: same inputs as the last successful build, and its staged modules still there.
+    if let Ok(text) = std::fs::read_to_string(ctx.pkg_dir(&pkg.name).join(STATE))
+        && let Ok(state) = serde_json::from_str::<State>(&text)
+        && state.format == STATE_FORMAT
+        && state.key == key
+    {
+        let unchanged = state.inputs.iter().all(|(p, size, mtime)| {
+            let full = tree.join(p);
+            *cache.entry(full.clone()).or_insert_with(|| stat(&full)) == Some((*size, *mtime))
+        });
+        let staged = ctx.modules_dir(&ctx.staged(&pkg.name));
+        if unchanged && state.modules.iter().all(|m| staged.join(m).is_file()) {
+            let mut r = PackageResult::new(&pkg.name, Status::Fresh);
+            r.modules = state.modules;
+            r.staged = Some(ctx.staged(&pkg.name));
+            return Ok(Plan::Done(r));
+        }
+    }
+    let refused = |r: Refusal| {
+        let mut res = PackageResult::new(&pkg.name, Status::Refused);
+        res.refusal = Some(r);
+        Ok(Plan::Done(res))
+    };
+    let index = ctx.index();
+    let mut modules = BTreeSet::new();
+    let mut notes = Vec::new();
+    for req in &pkg.kconfig {
+        let sym = &req.symbol;
+        let base = ctx.k.value(sym);
+        let ty = index.sym_type(sym);
+        let wanted = req.value.as_deref();
+        if ty.is_none() && base.is_none() {
+            return refused(refusal(
+                code::UNKNOWN_SYMBOL,
+                format!("CONFIG_{sym} is not a Kconfig symbol of this kernel ({})", ctx.src.kernelversion),
+                "check the spelling; `grep -r 'config NAME' --include='Kconfig*'` in the source tree finds symbols",
+            ));
+        }
+        match wanted {
+            Some("n") => {
+                if base.is_some() {
+                    return refused(refusal(
+                        code::NEEDS_VARIANT,
+                        format!("CONFIG_{sym} must not be enabled, but the base kernel has it ={}", base.unwrap_or("")),
+                        "this package cannot be built for this kernel without a configuration variant",
+                    ));
+                }
+                continue;
+            }
+            None | Some("m") => {}
+            Some(v) => {
+                if base == Some(v) {
+                    continue;
+                }
+                return refused(refusal(
+                    code::NEEDS_VARIANT,
+                    format!("CONFIG_{sym}={v} differs from the base configuration ({})", base.map_or("not set".to_string(), |b| format!("={b}"))),
+                    "building it needs a configuration variant of the kernel; extmod builds only what the base config already enables",
+                ));
+            }
+        }
+        match (base, ty) {
+            (Some("m"), _) => {}
+            (Some("y"), Some(SymType::Tristate)) => {
+                return refused(refusal(
+                    code::BUILT_IN,
+                    format!("CONFIG_{sym} is built into the base kernel (=y): its code is in vmlinux, not in a module"),
+                    "nothing to build; the running kernel already has it",
+                ));
+            }
+            (_, Some(SymType::Tristate)) => {
+                return refused(refusal(
+                    code::NEEDS_VARIANT,
+                    format!("CONFIG_{sym} is not enabled in the base configuration"),
+                    "building it needs a configuration variant; extmod builds modules the base config sets =m",
+                ));
+            }
+            _ => {
+                return refused(refusal(
+                    code::NO_MODULE,
+                    format!("CONFIG_{sym} is a {} option: it builds no module", ty.map_or("non-tristate".to_string(), |t| format!("{t:?}").to_lowercase())),
+                    "name the tristate symbol that builds the module (e.g. CONFIG_BLK_DEV_LOOP for loop.ko)",
+                ));
+            }
+        }
+        let derived = index.modules(sym);
+        let mut found = false;
+        for m in derived {
+            match ctx.k.built_module(&m) {
+                Some(false) => notes.push(format!("CONFIG_{sym}: Makefiles name {m}, but the base build did not make it; left out")),
+                _ => {
+                    found = true;
+                    if pkg.files.is_empty() {
+                        modules.insert(m);
+                    }
+                }
+            }
+        }
+        if !found && pkg.files.is_empty() {
+            return refused(refusal(
+                code::NO_MODULE,
+                format!("CONFIG_{sym} builds no module that extmod can find in the kernel's Makefiles"),
+                "name the module with `files` in a package file",
+            ));
+        }
+    }
+    modules.extend(pkg.files.iter().cloned());
+    if modules.is_empty() {
+        return refused(refusal(
+            code::NO_MODULE,
+            format!("package {} builds no module", pkg.name),
+            "give it a kconfig symbol that is =m in the base config, or `files`",
+        ));
+    }
+    let mut by_dir: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for m in &modules {
+        let dir = module_dir(m).to_string();
+        let goal = Utf8Path::new(m).file_name().unwrap_or(m).to_string();
+        by_dir.entry(dir).or_default().push(goal);
+    }
+    let units = by_dir.into_iter().map(|(dir, goals)| Unit { dir, goals }).collect();
+    Ok(Plan::Build(Job { pkg: pkg.clone(), modules: modules.into_iter().collect(), units, key, notes }))
+}
+
+fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -> Vec<String> {
+    let mut args = vec!["-C".to_string(), ctx.tree(&job.pkg.name).to_string(), format!("M={}", unit.dir)];
+    args.extend(ctx.k.make_vars.iter().cloned());
+    if !extra_symbols.is_empty() {
+        let list: Vec<&str> = extra_symbols.iter().map(|p| p.as_str()).collect();
+        args.push(format!("KBUILD_EXTRA_SYMBOLS={}", list.join(" ")));
+    }
+    args.extend(unit.goals.iter().cloned());
+    args
+}
+
+fn command_line(ctx: &Ctx, job: &Job, unit: &Unit, extra: &[Utf8PathBuf]) -> String {
+    process::display("make", &make_args(ctx, job, unit, extra))
+}
+
+/// The jobserver shared by every make: our own with N slots, or make's when run under make.
+struct Slots {
+    client: jobserver::Client,
+    implicit_free: AtomicBool,
+}
+
+enum Token {
+    Implicit,
+    Acquired(#[allow(dead_code)] jobserver::Acquired),
+}
+
+impl Slots {
+    fn new(jobs: Option<usize>) -> Result<Self, Error> {
+        if jobs.is_none() {
+            // SAFETY: called before any other thread opens file descriptors.
+            if let Some(client) = unsafe { jobserver::Client::from_env() } {
+                return Ok(Slots { client, implicit_free: AtomicBool::new(true) });
+            }
+        }
+        let n = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
+        let client = jobserver::Client::new(n).map_err(|e| KError::io("create jobserver for", "make", e))?;
+        Ok(Slots { client, implicit_free: AtomicBool::new(false) })
+    }
+
+    fn acquire(&self) -> std::io::Result<Token> {
+        if self.implicit_free.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return Ok(Token::Implicit);
+        }
+        self.client.acquire().map(Token::Acquired)
+    }
+
+    fn release(&self, t: Token) {
+        if let Token::Implicit = t {
+            self.implicit_free.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<PackageResult>, Error> {
+    let slots = Slots::new(opts.jobs)?;
+    let names: Vec<String> = plans
+        .iter()
+        .map(|p| match p {
+            Plan::Done(r) => r.name.clone(),
+            Plan::Build(j) => j.pkg.name.clone(),
+        })
+        .collect();
+    let mut results: Vec<Option<PackageResult>> = vec![None; plans.len()];
+    let mut pending: Vec<(usize, Job)> = Vec::new();
+    for (i, p) in plans.into_iter().enumerate() {
+        match p {
+            Plan::Done(r) => {
+                emit(Event::Finished(r.clone()));
+                results[i] = Some(r);
+            }
+            Plan::Build(job) => pending.push((i, job)),
+        }
+    }
+    let pos: HashMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+    let symvers: Mutex<HashMap<String, Utf8PathBuf>> = Mutex::new(HashMap::new());
+    let stop = AtomicBool::new(false);
+    let (tx, rx) = mpsc::channel::<(usize, PackageResult)>();
+    std::thread::scope(|scope| {
+        let mut running = 0usize;
+        loop {
+            // Start every job whose dependencies are settled.
+            let mut i = 0;
+            while i < pending.len() {
+                let deps: Vec<Option<Status>> = pending[i].1.pkg.depends.iter().map(|d| results[pos[d]].as_ref().map(|r| r.status)).collect();
+                if deps.iter().any(Option::is_none) {
+                    i += 1;
+                    continue;
+                }
+                let (idx, job) = pending.remove(i);
+                let failed_dep = job.pkg.depends.iter().find(|d| {
+                    !matches!(results[pos[*d]].as_ref().map(|r| r.status), Some(Status::Built | Status::Fresh))
+                });
+                if let Some(d) = failed_dep.cloned() {
+                    let mut r = PackageResult::new(&job.pkg.name, Status::Skipped);
+                    r.error = Some(format!("dependency `{d}` was not built"));
+                    emit(Event::Finished(r.clone()));
+                    results[idx] = Some(r);
+                    continue;
+                }
+                if stop.load(Ordering::SeqCst) || interrupted() {
+                    let mut r = PackageResult::new(&job.pkg.name, Status::Skipped);
+                    r.error = Some("not started after an earlier failure (use --keep-going to build the rest)".into());
+                    emit(Event::Finished(r.clone()));
+                    results[idx] = Some(r);
+                    continue;
+                }
+                // Providers the base build lacks are chained through KBUILD_EXTRA_SYMBOLS.
+                let extra: Vec<Utf8PathBuf> = {
+                    let s = symvers.lock().unwrap();
+                    job.pkg.depends.iter().filter_map(|d| s.get(d).cloned()).collect()
+                };
+                let tx = tx.clone();
+                let (slots, symvers, stop) = (&slots, &symvers, &stop);
+                running += 1;
+                scope.spawn(move || {
+                    let token = slots.acquire();
+                    let r = match token {
+                        Ok(t) => {
+                            let r = build_package(ctx, &job, &extra, slots, emit);
+                            slots.release(t);
+                            r
+                        }
+                        Err(e) => {
+                            let mut r = PackageResult::new(&job.pkg.name, Status::Failed);
+                            r.error = Some(format!("cannot take a jobserver slot: {e}"));
+                            r
+                        }
+                    };
+                    if r.status == Status::Built
+                        && job.modules.iter().any(|m| ctx.k.built_module(m) == Some(false))
+                    {
+                        symvers.lock().unwrap().insert(job.pkg.name.clone(), ctx.pkg_dir(&job.pkg.name).join("Module.symvers"));
+                    }
+                    if r.status == Status::Failed && !opts.keep_going {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                    let _ = tx.send((idx, r));
+                });
+            }
+            if running == 0 {
+                break;
+            }
+            let (idx, r) = rx.recv().expect("a worker reports");
+            running -= 1;
+            emit(Event::Finished(r.clone()));
+            results[idx] = Some(r);
+        }
+    });
+    check_interrupted()?;
+    Ok(results.into_iter().map(|r| r.expect("every package settled")).collect())
+}
+
+fn build_package(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf], slots: &Slots, emit: &(dyn Fn(Event) + Sync)) -> PackageResult {
+    let start = Instant::now();
+    let name = &job.pkg.name;
+    let mut r = PackageResult::new(name, Status::Failed);
+    r.modules = job.modules.clone();
+    r.notes = job.notes.clone();
+    let log_path = ctx.pkg_dir(name).join("build.log");
+    r.log = Some(log_path.clone());
+    let outcome = (|| -> Result<(), String> {
+        prepare_tree(ctx, job).map_err(|e| e.to_string())?;
+        let mut log = std::fs::File::create(&log_path).map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
+        for unit in &job.units {
+            let args = make_args(ctx, job, unit, extra);
+            let line = process::display("make", &args);
+            r.commands.push(line.clone());
+            emit(Event::Started { package: name.clone(), command: line.clone() });
+            let _ = writeln!(log, "$ {line}");
+            let client = slots.client.clone();
+            let expr = kbuild_install::selftest::make_expr("make", &args).before_spawn(move |cmd| {
+                client.configure_make(cmd);
+                Ok(())
+            });
+            let (reader, _guard) = process::start_reader(expr).map_err(|e| format!("cannot start `{line}`: {e}"))?;
+            let mut reader = std::io::BufReader::new(reader);
+            let mut buf = String::new();
+            let mut text = String::new();
+            loop {
+                buf.clear();
+                match reader.read_line(&mut buf) {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        let _ = log.write_all(buf.as_bytes());
+                        text.push_str(&buf);
+                        let l = buf.trim_end();
+                        if is_progress_line(l) {
+                            emit(Event::Output { package: name.clone(), line: l.trim().to_string() });
+                        }
+                    }
+                    // A non-UTF-8 line: keep going.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+                    Err(e) => return Err(format!("reading `{line}`: {e}")),
+                }
+            }
+            let handle = reader.into_inner();
+            let status = handle.try_wait().ok().flatten().map(|o| o.status);
+            if interrupted() {
+                return Err("interrupted".into());
+            }
+            match status {
+                Some(s) if s.success() => {}
+                other => {
+                    let why = explain_failure(&text, ctx);
+                    let st = other.map_or("did not finish".to_string(), |s| s.to_string());
+                    return Err(format!("`make` failed ({st}): {why}"));
+                }
+            }
+        }
+        stage(ctx, job).map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    r.seconds = start.elapsed().as_secs_f64();
+    match outcome {
+        Ok(()) => {
+            r.status = Status::Built;
+            r.staged = Some(ctx.staged(name));
+        }
+        Err(e) => r.error = Some(e),
+    }
+    r
+}
+
+/// Create (or reuse) the package's overlay; drop outputs that are about to be rebuilt so that
+/// staged hardlinks never see an in-place write.
+fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
+    let dir = ctx.pkg_dir(&job.pkg.name);
+    let tree = ctx.tree(&job.pkg.name);
+    let same_key = std::fs::read_to_string(dir.join(STATE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<State>(&t).ok())
+        .is_some_and(|s| s.key == job.key);
+    let _ = std::fs::remove_file(dir.join(STATE));
+    if !same_key || !tree.is_dir() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| KError::io("remove", &dir, e))?;
+        }
+        let module_dirs: BTreeSet<String> = job.units.iter().map(|u| u.dir.clone()).collect();
+        let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
+        let layers = Layers { kbuild: &ctx.k.layers, kbuild_only: only, src: &ctx.src.path };
+        overlay::create(&tree, &layers, &module_dirs)?;
+    }
+    for m in &job.modules {
+        let _ = std::fs::remove_file(tree.join(m));
+    }
+    Ok(())
+}
+
+/// Kbuild's short-format progress lines (`  CC [M]  drivers/net/dummy.o`).
+fn is_progress_line(l: &str) -> bool {
+    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\s{2}[A-Z][A-Z0-9_]{1,8}(\s\[M\])?\s+\S").unwrap());
+    RE.is_match(l)
+}
+
+/// A failure in words: modpost's complaints explained, else the first compiler errors.
+fn explain_failure(log: &str, ctx: &Ctx) -> String {
+    static UNDEF: LazyLock<Regex> = LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[([^\]]+)\] undefined!"#).unwrap());
+    static TWICE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"ERROR: modpost: (.*exported twice.*)").unwrap());
+    let mut out = Vec::new();
+    for c in UNDEF.captures_iter(log).take(5) {
+        out.push(format!(
+            "module {} needs symbol `{}`, which neither the base kernel's Module.symvers nor a dependency provides{}",
+            &c[2],
+            &c[1],
+            provider_hint(ctx, &c[1])
+        ));
+    }
+    for c in TWICE.captures_iter(log).take(3) {
+        out.push(format!("{} (the module duplicates code the kernel already has)", &c[1]));
+    }
+    if out.is_empty() {
+        out = log
+            .lines()
+            .filter(|l| l.contains("error:") || l.contains("Error ") || l.starts_with("ERROR") || l.contains("No rule to make target"))
+            .take(4)
+            .map(str::to_string)
+            .collect();
+    }
+    if out.is_empty() {
+        out.push(log.lines().rev().take(3).collect::<Vec<_>>().join(" | "));
+    }
+    out.join("; ")
+}
+
+/// Which package built so far exports `sym`.
+fn provider_hint(ctx: &Ctx, sym: &str) -> String {
+    let Ok(rd) = ctx.objdir.read_dir_utf8() else { return String::new() };
+    for e in rd.flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path().join("Module.symvers"))
+            && text.lines().any(|l| l.split('\t').nth(1) == Some(sym))
+        {
+            return format!(" (package `{}` exports it: add it to `depends`)", e.file_name());
+        }
+    }
+    String::new()
+}
+
+/// Stage into `OUT/<package>` atomically and record the state for the next run.
+fn stage(ctx: &Ctx, job: &Job) -> Result<(), KError> {
+    check_interrupted()?;
+    let name = &job.pkg.name;
+    let tree = ctx.tree(name);
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.staging-"))
+        .tempdir_in(&ctx.dest)
+        .map_err(|e| KError::io("create", &ctx.dest, e))?;
+    let root = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8 destination");
+    let kernel = ctx.modules_dir(&root);
+    let mut symvers = String::new();
+    for unit in &job.units {
+        if let Ok(t) = std::fs::read_to_string(tree.join(&unit.dir).join("Module.symvers")) {
+            symvers.push_str(&t);
+        }
+    }
+    for m in &job.modules {
+        let from = tree.join(m);
+        if !from.is_file() {
+            return Err(KError::io("find built module", &from, std::io::Error::other("make did not produce it")));
+        }
+        elf::modinfo(&from)?;
+        let to = kernel.join(m);
+        std::fs::create_dir_all(to.parent().expect("module has a directory")).map_err(|e| KError::io("create", &to, e))?;
+        if std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).map_err(|e| KError::io("copy", &from, e))?;
+        }
+    }
+    let sv = root.join("Module.symvers");
+    std::fs::write(&sv, &symvers).map_err(|e| KError::io("write", &sv, e))?;
+    let pkg_symvers = ctx.pkg_dir(name).join("Module.symvers");
+    std::fs::write(&pkg_symvers, &symvers).map_err(|e| KError::io("write", &pkg_symvers, e))?;
+    check_interrupted()?;
+    kbuild_install::fsutil::replace_dir(tmp, &ctx.staged(name), &ctx.dest, name)?;
+    let state = State { format: STATE_FORMAT, key: job.key.clone(), modules: job.modules.clone(), inputs: inputs(&tree, job) };
+    let path = ctx.pkg_dir(name).join(STATE);
+    std::fs::write(&path, serde_json::to_string(&state).expect("state serializes")).map_err(|e| KError::io("write", &path, e))
+}
+
+/// Every file the build read, from Kbuild's `.cmd` files, plus the module directories' Makefiles.
+fn inputs(tree: &Utf8Path, job: &Job) -> Vec<(String, u64, i128)> {
+    let mut files = BTreeSet::new();
+    for unit in &job.units {
+        for mk in ["Makefile", "Kbuild"] {
+            files.insert(format!("{}/{mk}", unit.dir));
+        }
+        let Ok(rd) = tree.join(&unit.dir).read_dir_utf8() else { continue };
+        for e in rd.flatten() {
+            let n = e.file_name();
+            if !(n.starts_with('.') && n.ends_with(".o.cmd")) {
+                continue;
+            }
+            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            for line in text.lines() {
+                if let Some((lhs, rhs)) = line.split_once(":=")
+                    && lhs.trim_start().starts_with("source_")
+                {
+                    files.insert(rhs.trim().to_string());
+                    continue;
+                }
+                let t = line.trim().trim_end_matches('\\').trim();
+                if t.is_empty() || t.contains(":=") || t.starts_with("$(") || t.contains(' ') || t.starts_with('#') || t.contains(':') {
+                    continue;
+                }
+                files.insert(t.to_string());
+            }
+        }
+    }
+    files
+        .into_iter()
+        .filter_map(|f| {
+            let full = if f.starts_with('/') { Utf8PathBuf::from(&f) } else { tree.join(&f) };
+            stat(&full).map(|(s, t)| (f, s, t))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_kbuilds_short_output() {
+        assert!(is_progress_line("  CC [M]  drivers/net/dummy.o"));
+        assert!(is_progress_line("  MODPOST drivers/net/Module.symvers"));
+        assert!(is_progress_line("  LD [M]  drivers/net/dummy.ko"));
+        assert!(!is_progress_line("make: Entering directory '/x'"));
+        assert!(!is_progress_line("drivers/net/dummy.c:1:1: error: x"));
+    }
+}

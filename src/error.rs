@@ -1,0 +1,97 @@
+//! extmod's errors: whole-run errors (bad paths, trees, package files) and per-package refusals,
+//! each with a hint and a documented exit code (README "Exit codes").
+
+use camino::Utf8PathBuf;
+
+
+/// Exit codes of `extmod build` beyond those shared with kbuild-install.
+pub mod code {
+    pub const PACKAGE_FAILED: u8 = 1;
+    pub const UNKNOWN_SYMBOL: u8 = 20;
+    pub const NO_MODULE: u8 = 21;
+    pub const BUILT_IN: u8 = 22;
+    pub const NEEDS_VARIANT: u8 = 23;
+    pub const BAD_PACKAGES: u8 = 24;
+    pub const BAD_PATH: u8 = 25;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kbuild(#[from] kbuild_install::Error),
+
+    #[error("path `{path}` contains {what}, which Kbuild cannot handle")]
+    BadPath { path: Utf8PathBuf, what: String },
+
+    #[error("package file `{path}`: {why}")]
+    PackageFile { path: Utf8PathBuf, why: String },
+
+    #[error("package `{package}` depends on unknown package `{dep}`")]
+    UnknownDependency { package: String, dep: String },
+
+    #[error("package dependency cycle: {0}")]
+    Cycle(String),
+
+    #[error("no packages given")]
+    NoPackages,
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Kbuild(e) => e.exit_code(),
+            Error::BadPath { .. } => code::BAD_PATH,
+            Error::PackageFile { .. }
+            | Error::UnknownDependency { .. }
+            | Error::Cycle(_)
+            | Error::NoPackages => code::BAD_PACKAGES,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            Error::Kbuild(e) => return e.hint(),
+            Error::BadPath { .. } => {
+                "Kbuild splits make variables on spaces and treats `:` and `%` as rule syntax; use a path without them".into()
+            }
+            Error::PackageFile { .. } => {
+                "see `extmod build --help` for the format: [[package]] name, kconfig, files, depends".into()
+            }
+            Error::UnknownDependency { .. } => "define that package in the same file, or drop it from `depends`".into(),
+            Error::Cycle(_) => "break the cycle: a package cannot depend on itself through others".into(),
+            Error::NoPackages => "name CONFIG_ symbols or pass --packages FILE".into(),
+        })
+    }
+}
+
+/// Reject paths Kbuild cannot handle in `M=`, `-C` or `KBUILD_EXTRA_SYMBOLS`.
+pub fn check_kbuild_path(path: &camino::Utf8Path) -> Result<(), Error> {
+    let what = if path.as_str().contains(char::is_whitespace) {
+        "whitespace"
+    } else if path.as_str().contains(':') {
+        "`:`"
+    } else if path.as_str().contains('%') {
+        "`%`"
+    } else if path.as_str().contains(['#', '$', '\'', '"', '\\']) {
+        "shell or make metacharacters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadPath {
+        path: path.to_owned(),
+        what: what.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kbuild_rejects_these_paths() {
+        for bad in ["/a b", "/a:b", "/a%b", "/a$b"] {
+            assert!(check_kbuild_path(bad.into()).is_err(), "{bad}");
+        }
+        assert!(check_kbuild_path("/tmp/x-y_z.1/+".into()).is_ok());
+    }
+}

@@ -1,0 +1,136 @@
+//! The Kbuild tree (K) modules are built against: a tree made by `extmod kbuild-install`, one
+//! made by the kernel's `install-extmod-build`, a distribution headers package, or a full object
+//! directory.
+
+use crate::error::Error;
+use camino::{Utf8Path, Utf8PathBuf};
+use kbuild_install::tree::{canonical, config_value};
+use kbuild_install::{Error as KError, Manifest};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Made by `extmod kbuild-install` (has a manifest).
+    Extmod,
+    /// Made by `scripts/package/install-extmod-build`.
+    InstallExtmodBuild,
+    /// A distribution headers package with a wrapper Makefile (Debian's linux-headers-*).
+    DistroHeaders,
+    /// A kernel object directory (`make O=`), or an in-source build.
+    ObjTree,
+}
+
+#[derive(Debug, Clone)]
+pub struct KbuildTree {
+    pub path: Utf8PathBuf,
+    pub kind: Kind,
+    pub kernelrelease: String,
+    pub make_vars: Vec<String>,
+    /// `include/config/auto.conf`.
+    pub auto_conf: String,
+    /// Relative `.o` paths of the modules the base build made, when the tree records them.
+    pub modules_order: Option<Vec<String>>,
+    /// Directories whose entries make up the tree, highest priority first (one for most kinds;
+    /// the arch directory then the common directory for split distribution packages).
+    pub layers: Vec<Utf8PathBuf>,
+    /// Hash of what a module build reads from the tree (config, symbol versions, release).
+    pub identity: String,
+}
+
+fn read_opt(p: &Utf8Path) -> Option<String> {
+    std::fs::read_to_string(p).ok()
+}
+
+impl KbuildTree {
+    pub fn open(path: &Utf8Path) -> Result<Self, Error> {
+        let not = || Error::Kbuild(KError::NotKbuildTree(path.to_owned()));
+        if !path.is_dir() {
+            return Err(not());
+        }
+        let path = canonical(path)?;
+        let makefile = read_opt(&path.join("Makefile")).ok_or_else(not)?;
+        let auto_conf = read_opt(&path.join("include/config/auto.conf")).ok_or_else(not)?;
+        let symvers = std::fs::read(path.join("Module.symvers")).map_err(|_| not())?;
+        let kernelrelease = read_opt(&path.join("include/config/kernel.release"))
+            .map(|s| s.trim().to_string())
+            .ok_or_else(not)?;
+        let manifest = Manifest::load(&path).ok();
+        let mut layers = vec![path.clone()];
+        let kind = if manifest.is_some() {
+            Kind::Extmod
+        } else if path.join("source").is_symlink() || path.join("Kconfig").is_file() {
+            Kind::ObjTree
+        } else if !makefile.contains("\nVERSION =") {
+            // A wrapper Makefile: the rest of the tree lives where it points.
+            if let Some(common) = wrapper_target(&makefile) {
+                layers.push(common);
+            }
+            Kind::DistroHeaders
+        } else {
+            Kind::InstallExtmodBuild
+        };
+        if !layers.iter().any(|l| l.join("scripts/Makefile.build").is_file()) {
+            return Err(not());
+        }
+        let make_vars = match &manifest {
+            Some(m) => m.make_vars(),
+            None => {
+                let arch = if config_value(&auto_conf, "X86_64") == Some("y") || config_value(&auto_conf, "X86_32") == Some("y") {
+                    "x86".to_string()
+                } else {
+                    std::env::consts::ARCH.to_string()
+                };
+                vec![format!("ARCH={arch}")]
+            }
+        };
+        let modules_order = read_opt(&path.join("modules.order"))
+            .map(|t| t.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect());
+        let mut h = Sha256::new();
+        h.update(kernelrelease.as_bytes());
+        h.update(auto_conf.as_bytes());
+        h.update(&symvers);
+        h.update(make_vars.join(" ").as_bytes());
+        Ok(KbuildTree {
+            path,
+            kind,
+            kernelrelease,
+            make_vars,
+            auto_conf,
+            modules_order,
+            layers,
+            identity: format!("{:x}", h.finalize()),
+        })
+    }
+
+    /// The base value of a symbol (`y`, `m`, a string or number), `None` when unset.
+    pub fn value(&self, sym: &str) -> Option<&str> {
+        config_value(&self.auto_conf, sym)
+    }
+
+    /// Whether the base build made `<rel>.ko` (`None`: the tree does not say).
+    pub fn built_module(&self, ko: &str) -> Option<bool> {
+        let o = format!("{}.o", ko.strip_suffix(".ko").unwrap_or(ko));
+        self.modules_order.as_ref().map(|order| order.iter().any(|l| *l == o))
+    }
+}
+
+/// The directory a distribution wrapper Makefile delegates to (`-C <dir>` or `include <dir>/Makefile`).
+fn wrapper_target(makefile: &str) -> Option<Utf8PathBuf> {
+    for line in makefile.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if let Some(i) = words.iter().position(|w| *w == "-C")
+            && let Some(dir) = words.get(i + 1)
+            && dir.starts_with('/')
+        {
+            return Some(Utf8PathBuf::from(*dir));
+        }
+        if words.first() == Some(&"include")
+            && let Some(p) = words.get(1).and_then(|p| p.strip_suffix("/Makefile"))
+            && p.starts_with('/')
+        {
+            return Some(Utf8PathBuf::from(p));
+        }
+    }
+    None
+}
