@@ -3,7 +3,7 @@
 
 use crate::error::{Error, code};
 use crate::events::{Event, PackageResult, Refusal, Status};
-use crate::kbuild::{Kind, KbuildTree};
+use crate::kbuild::{KbuildTree, Kind};
 use crate::overlay::{self, Layers};
 use crate::package::Package;
 use crate::symbols::{Index, SymType, module_dir};
@@ -76,7 +76,8 @@ struct Ctx {
 
 impl Ctx {
     fn index(&self) -> &Index {
-        self.index.get_or_init(|| Index::build(&self.src.path, &self.srcarch))
+        self.index
+            .get_or_init(|| Index::build(&self.src.path, &self.srcarch))
     }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)
@@ -88,7 +89,9 @@ impl Ctx {
         self.dest.join(name)
     }
     fn modules_dir(&self, root: &Utf8Path) -> Utf8PathBuf {
-        root.join("lib/modules").join(&self.k.kernelrelease).join("kernel")
+        root.join("lib/modules")
+            .join(&self.k.kernelrelease)
+            .join("kernel")
     }
 }
 
@@ -97,15 +100,27 @@ fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf, Error> {
         return Ok(p.to_owned());
     }
     let cwd = std::env::current_dir().map_err(|e| KError::io("read current directory", ".", e))?;
-    Ok(Utf8PathBuf::from_path_buf(cwd).map_err(|_| Error::BadPath { path: p.to_owned(), what: "a non-UTF-8 current directory".into() })?.join(p))
+    Ok(Utf8PathBuf::from_path_buf(cwd)
+        .map_err(|_| Error::BadPath {
+            path: p.to_owned(),
+            what: "a non-UTF-8 current directory".into(),
+        })?
+        .join(p))
 }
 
 fn refusal(code: u8, cause: String, hint: &str) -> Refusal {
-    Refusal { code, cause, hint: hint.to_string() }
+    Refusal {
+        code,
+        cause,
+        hint: hint.to_string(),
+    }
 }
 
 /// Run a build; returns one result per package, in dependency order.
-pub fn run(opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<PackageResult>, Error> {
+pub fn run(
+    opts: &BuildOptions,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<PackageResult>, Error> {
     if opts.packages.is_empty() {
         return Err(Error::NoPackages);
     }
@@ -128,19 +143,39 @@ pub fn run(opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<Pac
     for p in [&objdir, &dest] {
         for (tree, which) in [(&src.path, "source"), (&k.path, "Kbuild")] {
             if p.starts_with(tree) {
-                return Err(KError::DestInsideTree { dest: p.clone(), which, tree: tree.clone() }.into());
+                return Err(KError::DestInsideTree {
+                    dest: p.clone(),
+                    which,
+                    tree: tree.clone(),
+                }
+                .into());
             }
         }
     }
-    let cc = kbuild_install::Manifest::load(&k.path).map(|m| m.cc).unwrap_or_else(|_| "gcc".into());
-    for (tool, role) in [("make", "GNU make"), (cc.as_str(), "the kernel's C compiler (CC)")] {
-        which::which(tool).map_err(|_| KError::MissingTool { tool: tool.to_string(), role })?;
+    let cc = kbuild_install::Manifest::load(&k.path)
+        .map(|m| m.cc)
+        .unwrap_or_else(|_| "gcc".into());
+    for (tool, role) in [
+        ("make", "GNU make"),
+        (cc.as_str(), "the kernel's C compiler (CC)"),
+    ] {
+        which::which(tool).map_err(|_| KError::MissingTool {
+            tool: tool.to_string(),
+            role,
+        })?;
     }
     let srcarch = kbuild_install::Manifest::load(&k.path)
         .map(|m| m.srcarch)
         .unwrap_or_else(|_| "x86".into());
     let packages = crate::package::order(opts.packages.clone())?;
-    let ctx = Ctx { k, src, objdir, dest, index: OnceLock::new(), srcarch };
+    let ctx = Ctx {
+        k,
+        src,
+        objdir,
+        dest,
+        index: OnceLock::new(),
+        srcarch,
+    };
 
     // Plan.
     let mut stat_cache = HashMap::new();
@@ -149,7 +184,10 @@ pub fn run(opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<Pac
         plans.push(plan(&ctx, pkg, &mut stat_cache)?);
     }
     let to_build = plans.iter().filter(|p| matches!(p, Plan::Build(_))).count();
-    emit(Event::Planned { packages: plans.len(), to_build });
+    emit(Event::Planned {
+        packages: plans.len(),
+        to_build,
+    });
 
     if opts.dry_run {
         let mut out = Vec::new();
@@ -158,7 +196,11 @@ pub fn run(opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<Pac
                 Plan::Done(r) => r,
                 Plan::Build(job) => {
                     let mut r = PackageResult::new(&job.pkg.name, Status::Planned);
-                    r.commands = job.units.iter().map(|u| command_line(&ctx, &job, u, &[])).collect();
+                    r.commands = job
+                        .units
+                        .iter()
+                        .map(|u| command_line(&ctx, &job, u, &[]))
+                        .collect();
                     r.modules = job.modules.clone();
                     r.notes = job.notes.clone();
                     r
@@ -188,11 +230,20 @@ fn package_key(ctx: &Ctx, pkg: &Package) -> String {
 
 fn stat(path: &Utf8Path) -> Option<(u64, i128)> {
     let m = std::fs::metadata(path).ok()?;
-    let t = m.modified().ok()?.duration_since(UNIX_EPOCH).ok()?.as_nanos() as i128;
+    let t = m
+        .modified()
+        .ok()?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_nanos() as i128;
     Some((m.len(), t))
 }
 
-fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, i128)>>) -> Result<Plan, Error> {
+fn plan(
+    ctx: &Ctx,
+    pkg: &Package,
+    cache: &mut HashMap<Utf8PathBuf, Option<(u64, i128)>>,
+) -> Result<Plan, Error> {
     let key = package_key(ctx, pkg);
     let tree = ctx.tree(&pkg.name);
     // Fresh: same inputs as the last successful build, and its staged modules still there.
@@ -229,7 +280,10 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
         if ty.is_none() && base.is_none() {
             return refused(refusal(
                 code::UNKNOWN_SYMBOL,
-                format!("CONFIG_{sym} is not a Kconfig symbol of this kernel ({})", ctx.src.kernelversion),
+                format!(
+                    "CONFIG_{sym} is not a Kconfig symbol of this kernel ({})",
+                    ctx.src.kernelversion
+                ),
                 "check the spelling; `grep -r 'config NAME' --include='Kconfig*'` in the source tree finds symbols",
             ));
         }
@@ -238,7 +292,10 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
                 if base.is_some() {
                     return refused(refusal(
                         code::NEEDS_VARIANT,
-                        format!("CONFIG_{sym} must not be enabled, but the base kernel has it ={}", base.unwrap_or("")),
+                        format!(
+                            "CONFIG_{sym} must not be enabled, but the base kernel has it ={}",
+                            base.unwrap_or("")
+                        ),
                         "this package cannot be built for this kernel without a configuration variant",
                     ));
                 }
@@ -251,7 +308,10 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
                 }
                 return refused(refusal(
                     code::NEEDS_VARIANT,
-                    format!("CONFIG_{sym}={v} differs from the base configuration ({})", base.map_or("not set".to_string(), |b| format!("={b}"))),
+                    format!(
+                        "CONFIG_{sym}={v} differs from the base configuration ({})",
+                        base.map_or("not set".to_string(), |b| format!("={b}"))
+                    ),
                     "building it needs a configuration variant of the kernel; extmod builds only what the base config already enables",
                 ));
             }
@@ -261,7 +321,9 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
             (Some("y"), Some(SymType::Tristate)) => {
                 return refused(refusal(
                     code::BUILT_IN,
-                    format!("CONFIG_{sym} is built into the base kernel (=y): its code is in vmlinux, not in a module"),
+                    format!(
+                        "CONFIG_{sym} is built into the base kernel (=y): its code is in vmlinux, not in a module"
+                    ),
                     "nothing to build; the running kernel already has it",
                 ));
             }
@@ -275,7 +337,11 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
             _ => {
                 return refused(refusal(
                     code::NO_MODULE,
-                    format!("CONFIG_{sym} is a {} option: it builds no module", ty.map_or("non-tristate".to_string(), |t| format!("{t:?}").to_lowercase())),
+                    format!(
+                        "CONFIG_{sym} is a {} option: it builds no module",
+                        ty.map_or("non-tristate".to_string(), |t| format!("{t:?}")
+                            .to_lowercase())
+                    ),
                     "name the tristate symbol that builds the module (e.g. CONFIG_BLK_DEV_LOOP for loop.ko)",
                 ));
             }
@@ -284,7 +350,9 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
         let mut found = false;
         for m in derived {
             match ctx.k.built_module(&m) {
-                Some(false) => notes.push(format!("CONFIG_{sym}: Makefiles name {m}, but the base build did not make it; left out")),
+                Some(false) => notes.push(format!(
+                    "CONFIG_{sym}: Makefiles name {m}, but the base build did not make it; left out"
+                )),
                 _ => {
                     found = true;
                     if pkg.files.is_empty() {
@@ -296,7 +364,9 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
         if !found && pkg.files.is_empty() {
             return refused(refusal(
                 code::NO_MODULE,
-                format!("CONFIG_{sym} builds no module that extmod can find in the kernel's Makefiles"),
+                format!(
+                    "CONFIG_{sym} builds no module that extmod can find in the kernel's Makefiles"
+                ),
                 "name the module with `files` in a package file",
             ));
         }
@@ -315,12 +385,25 @@ fn plan(ctx: &Ctx, pkg: &Package, cache: &mut HashMap<Utf8PathBuf, Option<(u64, 
         let goal = Utf8Path::new(m).file_name().unwrap_or(m).to_string();
         by_dir.entry(dir).or_default().push(goal);
     }
-    let units = by_dir.into_iter().map(|(dir, goals)| Unit { dir, goals }).collect();
-    Ok(Plan::Build(Job { pkg: pkg.clone(), modules: modules.into_iter().collect(), units, key, notes }))
+    let units = by_dir
+        .into_iter()
+        .map(|(dir, goals)| Unit { dir, goals })
+        .collect();
+    Ok(Plan::Build(Job {
+        pkg: pkg.clone(),
+        modules: modules.into_iter().collect(),
+        units,
+        key,
+        notes,
+    }))
 }
 
 fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -> Vec<String> {
-    let mut args = vec!["-C".to_string(), ctx.tree(&job.pkg.name).to_string(), format!("M={}", unit.dir)];
+    let mut args = vec![
+        "-C".to_string(),
+        ctx.tree(&job.pkg.name).to_string(),
+        format!("M={}", unit.dir),
+    ];
     args.extend(ctx.k.make_vars.iter().cloned());
     if !extra_symbols.is_empty() {
         let list: Vec<&str> = extra_symbols.iter().map(|p| p.as_str()).collect();
@@ -350,16 +433,29 @@ impl Slots {
         if jobs.is_none() {
             // SAFETY: called before any other thread opens file descriptors.
             if let Some(client) = unsafe { jobserver::Client::from_env() } {
-                return Ok(Slots { client, implicit_free: AtomicBool::new(true) });
+                return Ok(Slots {
+                    client,
+                    implicit_free: AtomicBool::new(true),
+                });
             }
         }
-        let n = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())).max(1);
-        let client = jobserver::Client::new(n).map_err(|e| KError::io("create jobserver for", "make", e))?;
-        Ok(Slots { client, implicit_free: AtomicBool::new(false) })
+        let n = jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .max(1);
+        let client =
+            jobserver::Client::new(n).map_err(|e| KError::io("create jobserver for", "make", e))?;
+        Ok(Slots {
+            client,
+            implicit_free: AtomicBool::new(false),
+        })
     }
 
     fn acquire(&self) -> std::io::Result<Token> {
-        if self.implicit_free.compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+        if self
+            .implicit_free
+            .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
             return Ok(Token::Implicit);
         }
         self.client.acquire().map(Token::Acquired)
@@ -372,7 +468,12 @@ impl Slots {
     }
 }
 
-fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Event) + Sync)) -> Result<Vec<PackageResult>, Error> {
+fn execute(
+    ctx: &Ctx,
+    plans: Vec<Plan>,
+    opts: &BuildOptions,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<PackageResult>, Error> {
     let slots = Slots::new(opts.jobs)?;
     let names: Vec<String> = plans
         .iter()
@@ -392,7 +493,11 @@ fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Even
             Plan::Build(job) => pending.push((i, job)),
         }
     }
-    let pos: HashMap<String, usize> = names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect();
+    let pos: HashMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.clone(), i))
+        .collect();
     let symvers: Mutex<HashMap<String, Utf8PathBuf>> = Mutex::new(HashMap::new());
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(usize, PackageResult)>();
@@ -402,14 +507,23 @@ fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Even
             // Start every job whose dependencies are settled.
             let mut i = 0;
             while i < pending.len() {
-                let deps: Vec<Option<Status>> = pending[i].1.pkg.depends.iter().map(|d| results[pos[d]].as_ref().map(|r| r.status)).collect();
+                let deps: Vec<Option<Status>> = pending[i]
+                    .1
+                    .pkg
+                    .depends
+                    .iter()
+                    .map(|d| results[pos[d]].as_ref().map(|r| r.status))
+                    .collect();
                 if deps.iter().any(Option::is_none) {
                     i += 1;
                     continue;
                 }
                 let (idx, job) = pending.remove(i);
                 let failed_dep = job.pkg.depends.iter().find(|d| {
-                    !matches!(results[pos[*d]].as_ref().map(|r| r.status), Some(Status::Built | Status::Fresh))
+                    !matches!(
+                        results[pos[*d]].as_ref().map(|r| r.status),
+                        Some(Status::Built | Status::Fresh)
+                    )
                 });
                 if let Some(d) = failed_dep.cloned() {
                     let mut r = PackageResult::new(&job.pkg.name, Status::Skipped);
@@ -420,7 +534,10 @@ fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Even
                 }
                 if stop.load(Ordering::SeqCst) || interrupted() {
                     let mut r = PackageResult::new(&job.pkg.name, Status::Skipped);
-                    r.error = Some("not started after an earlier failure (use --keep-going to build the rest)".into());
+                    r.error = Some(
+                        "not started after an earlier failure (use --keep-going to build the rest)"
+                            .into(),
+                    );
                     emit(Event::Finished(r.clone()));
                     results[idx] = Some(r);
                     continue;
@@ -428,7 +545,11 @@ fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Even
                 // Providers the base build lacks are chained through KBUILD_EXTRA_SYMBOLS.
                 let extra: Vec<Utf8PathBuf> = {
                     let s = symvers.lock().unwrap();
-                    job.pkg.depends.iter().filter_map(|d| s.get(d).cloned()).collect()
+                    job.pkg
+                        .depends
+                        .iter()
+                        .filter_map(|d| s.get(d).cloned())
+                        .collect()
                 };
                 let tx = tx.clone();
                 let (slots, symvers, stop) = (&slots, &symvers, &stop);
@@ -448,9 +569,15 @@ fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Even
                         }
                     };
                     if r.status == Status::Built
-                        && job.modules.iter().any(|m| ctx.k.built_module(m) == Some(false))
+                        && job
+                            .modules
+                            .iter()
+                            .any(|m| ctx.k.built_module(m) == Some(false))
                     {
-                        symvers.lock().unwrap().insert(job.pkg.name.clone(), ctx.pkg_dir(&job.pkg.name).join("Module.symvers"));
+                        symvers.lock().unwrap().insert(
+                            job.pkg.name.clone(),
+                            ctx.pkg_dir(&job.pkg.name).join("Module.symvers"),
+                        );
                     }
                     if r.status == Status::Failed && !opts.keep_going {
                         stop.store(true, Ordering::SeqCst);
@@ -468,10 +595,19 @@ fn execute(ctx: &Ctx, plans: Vec<Plan>, opts: &BuildOptions, emit: &(dyn Fn(Even
         }
     });
     check_interrupted()?;
-    Ok(results.into_iter().map(|r| r.expect("every package settled")).collect())
+    Ok(results
+        .into_iter()
+        .map(|r| r.expect("every package settled"))
+        .collect())
 }
 
-fn build_package(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf], slots: &Slots, emit: &(dyn Fn(Event) + Sync)) -> PackageResult {
+fn build_package(
+    ctx: &Ctx,
+    job: &Job,
+    extra: &[Utf8PathBuf],
+    slots: &Slots,
+    emit: &(dyn Fn(Event) + Sync),
+) -> PackageResult {
     let start = Instant::now();
     let name = &job.pkg.name;
     let mut r = PackageResult::new(name, Status::Failed);
@@ -481,19 +617,25 @@ fn build_package(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf], slots: &Slots, emi
     r.log = Some(log_path.clone());
     let outcome = (|| -> Result<(), String> {
         prepare_tree(ctx, job).map_err(|e| e.to_string())?;
-        let mut log = std::fs::File::create(&log_path).map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
+        let mut log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
         for unit in &job.units {
             let args = make_args(ctx, job, unit, extra);
             let line = process::display("make", &args);
             r.commands.push(line.clone());
-            emit(Event::Started { package: name.clone(), command: line.clone() });
+            emit(Event::Started {
+                package: name.clone(),
+                command: line.clone(),
+            });
             let _ = writeln!(log, "$ {line}");
             let client = slots.client.clone();
-            let expr = kbuild_install::selftest::make_expr("make", &args).before_spawn(move |cmd| {
-                client.configure_make(cmd);
-                Ok(())
-            });
-            let (reader, _guard) = process::start_reader(expr).map_err(|e| format!("cannot start `{line}`: {e}"))?;
+            let expr =
+                kbuild_install::selftest::make_expr("make", &args).before_spawn(move |cmd| {
+                    client.configure_make(cmd);
+                    Ok(())
+                });
+            let (reader, _guard) =
+                process::start_reader(expr).map_err(|e| format!("cannot start `{line}`: {e}"))?;
             let mut reader = std::io::BufReader::new(reader);
             let mut buf = String::new();
             let mut text = String::new();
@@ -506,7 +648,10 @@ fn build_package(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf], slots: &Slots, emi
                         text.push_str(&buf);
                         let l = buf.trim_end();
                         if is_progress_line(l) {
-                            emit(Event::Output { package: name.clone(), line: l.trim().to_string() });
+                            emit(Event::Output {
+                                package: name.clone(),
+                                line: l.trim().to_string(),
+                            });
                         }
                     }
                     // A non-UTF-8 line: keep going.
@@ -558,7 +703,11 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         }
         let module_dirs: BTreeSet<String> = job.units.iter().map(|u| u.dir.clone()).collect();
         let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
-        let layers = Layers { kbuild: &ctx.k.layers, kbuild_only: only, src: &ctx.src.path };
+        let layers = Layers {
+            kbuild: &ctx.k.layers,
+            kbuild_only: only,
+            src: &ctx.src.path,
+        };
         overlay::create(&tree, &layers, &module_dirs)?;
     }
     for m in &job.modules {
@@ -569,14 +718,18 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
 
 /// Kbuild's short-format progress lines (`  CC [M]  drivers/net/dummy.o`).
 fn is_progress_line(l: &str) -> bool {
-    static RE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^\s{2}[A-Z][A-Z0-9_]{1,8}(\s\[M\])?\s+\S").unwrap());
+    static RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^\s{2}[A-Z][A-Z0-9_]{1,8}(\s\[M\])?\s+\S").unwrap());
     RE.is_match(l)
 }
 
 /// A failure in words: modpost's complaints explained, else the first compiler errors.
 fn explain_failure(log: &str, ctx: &Ctx) -> String {
-    static UNDEF: LazyLock<Regex> = LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[([^\]]+)\] undefined!"#).unwrap());
-    static TWICE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"ERROR: modpost: (.*exported twice.*)").unwrap());
+    static UNDEF: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"ERROR: modpost: "([^"]+)" \[([^\]]+)\] undefined!"#).unwrap()
+    });
+    static TWICE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"ERROR: modpost: (.*exported twice.*)").unwrap());
     let mut out = Vec::new();
     for c in UNDEF.captures_iter(log).take(5) {
         out.push(format!(
@@ -587,12 +740,20 @@ fn explain_failure(log: &str, ctx: &Ctx) -> String {
         ));
     }
     for c in TWICE.captures_iter(log).take(3) {
-        out.push(format!("{} (the module duplicates code the kernel already has)", &c[1]));
+        out.push(format!(
+            "{} (the module duplicates code the kernel already has)",
+            &c[1]
+        ));
     }
     if out.is_empty() {
         out = log
             .lines()
-            .filter(|l| l.contains("error:") || l.contains("Error ") || l.starts_with("ERROR") || l.contains("No rule to make target"))
+            .filter(|l| {
+                l.contains("error:")
+                    || l.contains("Error ")
+                    || l.starts_with("ERROR")
+                    || l.contains("No rule to make target")
+            })
             .take(4)
             .map(str::to_string)
             .collect();
@@ -605,12 +766,17 @@ fn explain_failure(log: &str, ctx: &Ctx) -> String {
 
 /// Which package built so far exports `sym`.
 fn provider_hint(ctx: &Ctx, sym: &str) -> String {
-    let Ok(rd) = ctx.objdir.read_dir_utf8() else { return String::new() };
+    let Ok(rd) = ctx.objdir.read_dir_utf8() else {
+        return String::new();
+    };
     for e in rd.flatten() {
         if let Ok(text) = std::fs::read_to_string(e.path().join("Module.symvers"))
             && text.lines().any(|l| l.split('\t').nth(1) == Some(sym))
         {
-            return format!(" (package `{}` exports it: add it to `depends`)", e.file_name());
+            return format!(
+                " (package `{}` exports it: add it to `depends`)",
+                e.file_name()
+            );
         }
     }
     String::new()
@@ -636,11 +802,16 @@ fn stage(ctx: &Ctx, job: &Job) -> Result<(), KError> {
     for m in &job.modules {
         let from = tree.join(m);
         if !from.is_file() {
-            return Err(KError::io("find built module", &from, std::io::Error::other("make did not produce it")));
+            return Err(KError::io(
+                "find built module",
+                &from,
+                std::io::Error::other("make did not produce it"),
+            ));
         }
         elf::modinfo(&from)?;
         let to = kernel.join(m);
-        std::fs::create_dir_all(to.parent().expect("module has a directory")).map_err(|e| KError::io("create", &to, e))?;
+        std::fs::create_dir_all(to.parent().expect("module has a directory"))
+            .map_err(|e| KError::io("create", &to, e))?;
         if std::fs::hard_link(&from, &to).is_err() {
             std::fs::copy(&from, &to).map_err(|e| KError::io("copy", &from, e))?;
         }
@@ -651,9 +822,18 @@ fn stage(ctx: &Ctx, job: &Job) -> Result<(), KError> {
     std::fs::write(&pkg_symvers, &symvers).map_err(|e| KError::io("write", &pkg_symvers, e))?;
     check_interrupted()?;
     kbuild_install::fsutil::replace_dir(tmp, &ctx.staged(name), &ctx.dest, name)?;
-    let state = State { format: STATE_FORMAT, key: job.key.clone(), modules: job.modules.clone(), inputs: inputs(&tree, job) };
+    let state = State {
+        format: STATE_FORMAT,
+        key: job.key.clone(),
+        modules: job.modules.clone(),
+        inputs: inputs(&tree, job),
+    };
     let path = ctx.pkg_dir(name).join(STATE);
-    std::fs::write(&path, serde_json::to_string(&state).expect("state serializes")).map_err(|e| KError::io("write", &path, e))
+    std::fs::write(
+        &path,
+        serde_json::to_string(&state).expect("state serializes"),
+    )
+    .map_err(|e| KError::io("write", &path, e))
 }
 
 /// Every file the build read, from Kbuild's `.cmd` files, plus the module directories' Makefiles.
@@ -663,13 +843,17 @@ fn inputs(tree: &Utf8Path, job: &Job) -> Vec<(String, u64, i128)> {
         for mk in ["Makefile", "Kbuild"] {
             files.insert(format!("{}/{mk}", unit.dir));
         }
-        let Ok(rd) = tree.join(&unit.dir).read_dir_utf8() else { continue };
+        let Ok(rd) = tree.join(&unit.dir).read_dir_utf8() else {
+            continue;
+        };
         for e in rd.flatten() {
             let n = e.file_name();
             if !(n.starts_with('.') && n.ends_with(".o.cmd")) {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(e.path()) else { continue };
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
             for line in text.lines() {
                 if let Some((lhs, rhs)) = line.split_once(":=")
                     && lhs.trim_start().starts_with("source_")
@@ -678,7 +862,13 @@ fn inputs(tree: &Utf8Path, job: &Job) -> Vec<(String, u64, i128)> {
                     continue;
                 }
                 let t = line.trim().trim_end_matches('\\').trim();
-                if t.is_empty() || t.contains(":=") || t.starts_with("$(") || t.contains(' ') || t.starts_with('#') || t.contains(':') {
+                if t.is_empty()
+                    || t.contains(":=")
+                    || t.starts_with("$(")
+                    || t.contains(' ')
+                    || t.starts_with('#')
+                    || t.contains(':')
+                {
                     continue;
                 }
                 files.insert(t.to_string());
@@ -688,7 +878,11 @@ fn inputs(tree: &Utf8Path, job: &Job) -> Vec<(String, u64, i128)> {
     files
         .into_iter()
         .filter_map(|f| {
-            let full = if f.starts_with('/') { Utf8PathBuf::from(&f) } else { tree.join(&f) };
+            let full = if f.starts_with('/') {
+                Utf8PathBuf::from(&f)
+            } else {
+                tree.join(&f)
+            };
             stat(&full).map(|(s, t)| (f, s, t))
         })
         .collect()

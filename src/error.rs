@@ -3,7 +3,6 @@
 
 use camino::Utf8PathBuf;
 
-
 /// Exit codes of `extmod build` beyond those shared with kbuild-install.
 pub mod code {
     pub const PACKAGE_FAILED: u8 = 1;

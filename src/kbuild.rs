@@ -70,13 +70,18 @@ impl KbuildTree {
         } else {
             Kind::InstallExtmodBuild
         };
-        if !layers.iter().any(|l| l.join("scripts/Makefile.build").is_file()) {
+        if !layers
+            .iter()
+            .any(|l| l.join("scripts/Makefile.build").is_file())
+        {
             return Err(not());
         }
         let make_vars = match &manifest {
             Some(m) => m.make_vars(),
             None => {
-                let arch = if config_value(&auto_conf, "X86_64") == Some("y") || config_value(&auto_conf, "X86_32") == Some("y") {
+                let arch = if config_value(&auto_conf, "X86_64") == Some("y")
+                    || config_value(&auto_conf, "X86_32") == Some("y")
+                {
                     "x86".to_string()
                 } else {
                     std::env::consts::ARCH.to_string()
@@ -84,8 +89,12 @@ impl KbuildTree {
                 vec![format!("ARCH={arch}")]
             }
         };
-        let modules_order = read_opt(&path.join("modules.order"))
-            .map(|t| t.lines().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect());
+        let modules_order = read_opt(&path.join("modules.order")).map(|t| {
+            t.lines()
+                .map(|l| l.trim().to_string())
+                .filter(|l| !l.is_empty())
+                .collect()
+        });
         let mut h = Sha256::new();
         h.update(kernelrelease.as_bytes());
         h.update(auto_conf.as_bytes());
@@ -111,7 +120,7 @@ impl KbuildTree {
     /// Whether the base build made `<rel>.ko` (`None`: the tree does not say).
     pub fn built_module(&self, ko: &str) -> Option<bool> {
         let o = format!("{}.o", ko.strip_suffix(".ko").unwrap_or(ko));
-        self.modules_order.as_ref().map(|order| order.iter().any(|l| *l == o))
+        self.modules_order.as_ref().map(|order| order.contains(&o))
     }
 }
 

@@ -70,7 +70,10 @@ fn build(args: &BuildArgs) -> u8 {
     match engine::run(&opts, &|e| reporter.event(e)) {
         Ok(results) => {
             reporter.finish(&results, start.elapsed().as_secs_f64());
-            if results.iter().any(|r| matches!(r.status, Status::Failed | Status::Skipped)) {
+            if results
+                .iter()
+                .any(|r| matches!(r.status, Status::Failed | Status::Skipped))
+            {
                 code::PACKAGE_FAILED
             } else if let Some(r) = results.iter().find_map(|r| r.refusal.as_ref()) {
                 r.code

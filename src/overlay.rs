@@ -70,13 +70,21 @@ fn exists(p: &Utf8Path) -> bool {
 }
 
 /// Create the overlay at `root` (which must not exist) for modules in `module_dirs`.
-pub fn create(root: &Utf8Path, layers: &Layers, module_dirs: &BTreeSet<String>) -> Result<(), KError> {
+pub fn create(
+    root: &Utf8Path,
+    layers: &Layers,
+    module_dirs: &BTreeSet<String>,
+) -> Result<(), KError> {
     std::fs::create_dir_all(root).map_err(io("create", root))?;
     fill(root, "", layers, module_dirs)
 }
 
 fn join(rel: &str, name: &str) -> String {
-    if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") }
+    if rel.is_empty() {
+        name.to_string()
+    } else {
+        format!("{rel}/{name}")
+    }
 }
 
 fn kbuild_allows(layers: &Layers, p: &str) -> bool {
@@ -84,7 +92,12 @@ fn kbuild_allows(layers: &Layers, p: &str) -> bool {
     layers.kbuild_only.is_none_or(|names| names.contains(&top))
 }
 
-fn fill(dst: &Utf8Path, rel: &str, layers: &Layers, module_dirs: &BTreeSet<String>) -> Result<(), KError> {
+fn fill(
+    dst: &Utf8Path,
+    rel: &str,
+    layers: &Layers,
+    module_dirs: &BTreeSet<String>,
+) -> Result<(), KError> {
     let in_module_dir = module_dirs.contains(rel);
     let mut all = BTreeSet::new();
     for l in layers.kbuild {
@@ -96,7 +109,9 @@ fn fill(dst: &Utf8Path, rel: &str, layers: &Layers, module_dirs: &BTreeSet<Strin
     for name in all {
         let p = join(rel, &name);
         let out = dst.join(&name);
-        let on_path = module_dirs.iter().any(|d| *d == p || d.starts_with(&format!("{p}/")));
+        let on_path = module_dirs
+            .iter()
+            .any(|d| *d == p || d.starts_with(&format!("{p}/")));
         if on_path {
             std::fs::create_dir(&out).map_err(io("create", &out))?;
             fill(&out, &p, layers, module_dirs)?;
@@ -113,7 +128,12 @@ fn fill(dst: &Utf8Path, rel: &str, layers: &Layers, module_dirs: &BTreeSet<Strin
             }
         }
         let kb: Vec<Utf8PathBuf> = if kbuild_allows(layers, &p) {
-            layers.kbuild.iter().map(|l| l.join(&p)).filter(|c| exists(c)).collect()
+            layers
+                .kbuild
+                .iter()
+                .map(|l| l.join(&p))
+                .filter(|c| exists(c))
+                .collect()
         } else {
             Vec::new()
         };
@@ -143,7 +163,10 @@ fn fill(dst: &Utf8Path, rel: &str, layers: &Layers, module_dirs: &BTreeSet<Strin
             };
             fill(&out, &p, &sub, module_dirs)?;
             continue;
-        } else if !src_exists || (rel.is_empty() && KBUILD_DIRS.contains(&name.as_str())) || name == "include" {
+        } else if !src_exists
+            || (rel.is_empty() && KBUILD_DIRS.contains(&name.as_str()))
+            || name == "include"
+        {
             kb[0].clone()
         } else if layers.kbuild_only.is_some() && src_exists && src.is_dir() && kb[0].is_dir() {
             // A full object dir and the source both have it (e.g. arch/x86/include): merge.
@@ -191,7 +214,15 @@ mod tests {
         for f in files {
             let p = root.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(&p, if f.ends_with("Makefile") && !f.contains('/') { "\nVERSION = 6\n" } else { "x" }).unwrap();
+            std::fs::write(
+                &p,
+                if f.ends_with("Makefile") && !f.contains('/') {
+                    "\nVERSION = 6\n"
+                } else {
+                    "x"
+                },
+            )
+            .unwrap();
         }
     }
 
@@ -200,22 +231,67 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let t = Utf8Path::from_path(t.path()).unwrap();
         let (k, s, o) = (t.join("k"), t.join("s"), t.join("o"));
-        mk(&k, &["Makefile", "Module.symvers", "include/generated/autoconf.h", "drivers/net/Kconfig", "scripts/mod/modpost"]);
-        mk(&s, &["Makefile", "include/linux/module.h", "drivers/net/dummy.c", "drivers/net/dummy.o", "drivers/net/.dummy.o.cmd", "drivers/net/wan/x.c", "drivers/base/core.c", "fs/nls/nls_base.c"]);
+        mk(
+            &k,
+            &[
+                "Makefile",
+                "Module.symvers",
+                "include/generated/autoconf.h",
+                "drivers/net/Kconfig",
+                "scripts/mod/modpost",
+            ],
+        );
+        mk(
+            &s,
+            &[
+                "Makefile",
+                "include/linux/module.h",
+                "drivers/net/dummy.c",
+                "drivers/net/dummy.o",
+                "drivers/net/.dummy.o.cmd",
+                "drivers/net/wan/x.c",
+                "drivers/base/core.c",
+                "fs/nls/nls_base.c",
+            ],
+        );
         let kb = [k.clone()];
-        let layers = Layers { kbuild: &kb, kbuild_only: None, src: &s };
+        let layers = Layers {
+            kbuild: &kb,
+            kbuild_only: None,
+            src: &s,
+        };
         create(&o, &layers, &BTreeSet::from(["drivers/net".to_string()])).unwrap();
-        let link = |p: &str| std::fs::read_link(o.join(p)).map(|l| l.to_string_lossy().into_owned()).ok();
+        let link = |p: &str| {
+            std::fs::read_link(o.join(p))
+                .map(|l| l.to_string_lossy().into_owned())
+                .ok()
+        };
         assert!(o.join("drivers").is_dir() && !o.join("drivers").is_symlink());
         assert!(o.join("drivers/net").is_dir() && !o.join("drivers/net").is_symlink());
-        assert_eq!(link("drivers/net/dummy.c"), Some(s.join("drivers/net/dummy.c").to_string()));
-        assert_eq!(link("drivers/net/dummy.o"), None, "build outputs are never linked");
+        assert_eq!(
+            link("drivers/net/dummy.c"),
+            Some(s.join("drivers/net/dummy.c").to_string())
+        );
+        assert_eq!(
+            link("drivers/net/dummy.o"),
+            None,
+            "build outputs are never linked"
+        );
         assert_eq!(link("drivers/net/.dummy.o.cmd"), None);
-        assert_eq!(link("drivers/net/wan"), Some(s.join("drivers/net/wan").to_string()));
-        assert_eq!(link("drivers/base"), Some(s.join("drivers/base").to_string()));
+        assert_eq!(
+            link("drivers/net/wan"),
+            Some(s.join("drivers/net/wan").to_string())
+        );
+        assert_eq!(
+            link("drivers/base"),
+            Some(s.join("drivers/base").to_string())
+        );
         assert_eq!(link("include"), Some(k.join("include").to_string()));
         assert_eq!(link("scripts"), Some(k.join("scripts").to_string()));
-        assert_eq!(link("Module.symvers"), Some(k.join("Module.symvers").to_string()));
+        assert_eq!(
+            link("Module.symvers"),
+            Some(k.join("Module.symvers").to_string())
+        );
         assert_eq!(link("Makefile"), Some(k.join("Makefile").to_string()));
         assert_eq!(link("fs"), Some(s.join("fs").to_string()));
     }

@@ -23,8 +23,16 @@ impl KconfigReq {
             Some((k, v)) => (k, Some(v.trim().to_string())),
             None => (s, None),
         };
-        let symbol = sym.trim().strip_prefix("CONFIG_").unwrap_or(sym.trim()).to_string();
-        if symbol.is_empty() || !symbol.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        let symbol = sym
+            .trim()
+            .strip_prefix("CONFIG_")
+            .unwrap_or(sym.trim())
+            .to_string();
+        if symbol.is_empty()
+            || !symbol
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(format!("`{s}` is not a CONFIG symbol"));
         }
         Ok(KconfigReq { symbol, value })
@@ -91,8 +99,16 @@ pub fn parse(text: &str) -> Result<Vec<Package>, String> {
     let file: FileRepr = toml::from_str(text).map_err(|e| e.message().to_string())?;
     let mut out = Vec::new();
     for p in file.package {
-        if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c)) {
-            return Err(format!("package name `{}` may only hold letters, digits and - _ . +", p.name));
+        if p.name.is_empty()
+            || !p
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
+        {
+            return Err(format!(
+                "package name `{}` may only hold letters, digits and - _ . +",
+                p.name
+            ));
         }
         if p.kconfig.is_empty() {
             return Err(format!("package `{}` has no kconfig symbols", p.name));
@@ -215,8 +231,16 @@ mod tests {
 
     #[test]
     fn rejects_bad_definitions() {
-        assert!(parse("[[package]]\nname = \"a b\"\nkconfig = [\"X\"]\n").unwrap_err().contains("may only"));
-        assert!(parse("[[package]]\nname = \"a\"\n").unwrap_err().contains("no kconfig"));
+        assert!(
+            parse("[[package]]\nname = \"a b\"\nkconfig = [\"X\"]\n")
+                .unwrap_err()
+                .contains("may only")
+        );
+        assert!(
+            parse("[[package]]\nname = \"a\"\n")
+                .unwrap_err()
+                .contains("no kconfig")
+        );
         assert!(parse("[[package]]\nname = \"a\"\nkconfig=[\"X\"]\nfiles=[\"/x.ko\"]\n").is_err());
         assert!(parse("[[package]]\nname = \"a\"\nkconfig=[\"X\"]\nfoo=1\n").is_err());
     }

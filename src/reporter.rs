@@ -51,7 +51,12 @@ pub fn finished_lines(r: &PackageResult) -> Vec<String> {
     let mut out = Vec::new();
     let mods = r.modules.join(" ");
     match r.status {
-        Status::Built => out.push(format!("{:>12} {} in {:.1}s: {mods}", verb(r.status), r.name, r.seconds)),
+        Status::Built => out.push(format!(
+            "{:>12} {} in {:.1}s: {mods}",
+            verb(r.status),
+            r.name,
+            r.seconds
+        )),
         Status::Fresh => out.push(format!("{:>12} {}: {mods}", verb(r.status), r.name)),
         Status::Planned => {
             for c in &r.commands {
@@ -65,7 +70,12 @@ pub fn finished_lines(r: &PackageResult) -> Vec<String> {
             }
         }
         Status::Failed | Status::Skipped => {
-            out.push(format!("{:>12} {}: {}", verb(r.status), r.name, r.error.as_deref().unwrap_or("")));
+            out.push(format!(
+                "{:>12} {}: {}",
+                verb(r.status),
+                r.name,
+                r.error.as_deref().unwrap_or("")
+            ));
             if r.status == Status::Failed
                 && let Some(l) = &r.log
             {
@@ -85,7 +95,12 @@ impl Reporter {
         if mode != Mode::Bars {
             multi.set_draw_target(ProgressDrawTarget::hidden());
         }
-        Reporter { mode, multi, overall: Mutex::new(None), bars: Mutex::new(HashMap::new()) }
+        Reporter {
+            mode,
+            multi,
+            overall: Mutex::new(None),
+            bars: Mutex::new(HashMap::new()),
+        }
     }
 
     fn line(&self, s: &str) {
@@ -104,26 +119,34 @@ impl Reporter {
                 if self.mode == Mode::Bars {
                     let bar = self.multi.add(ProgressBar::new(packages as u64));
                     bar.set_style(
-                        ProgressStyle::with_template("{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} packages, {elapsed}")
-                            .unwrap()
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} packages, {elapsed}",
+                        )
+                        .unwrap()
+                        .progress_chars("=> "),
                     );
                     bar.set_prefix("Building");
                     *self.overall.lock().unwrap() = Some(bar);
                 } else {
-                    self.line(&format!("{:>12} {packages} packages, {to_build} to build", "Planned"));
+                    self.line(&format!(
+                        "{:>12} {packages} packages, {to_build} to build",
+                        "Planned"
+                    ));
                 }
             }
             Event::Started { package, command } => {
                 if self.mode == Mode::Bars {
                     let mut bars = self.bars.lock().unwrap();
-                    if !bars.contains_key(&package) {
+                    bars.entry(package).or_insert_with_key(|package| {
                         let b = self.multi.insert_from_back(1, ProgressBar::new_spinner());
-                        b.set_style(ProgressStyle::with_template("{prefix:>12.green} {spinner} {wide_msg}").unwrap());
+                        b.set_style(
+                            ProgressStyle::with_template("{prefix:>12.green} {spinner} {wide_msg}")
+                                .unwrap(),
+                        );
                         b.set_prefix(package.clone());
                         b.enable_steady_tick(Duration::from_millis(120));
-                        bars.insert(package, b);
-                    }
+                        b
+                    });
                 } else {
                     self.line(&format!("{:>12} {package}: {command}", "Running"));
                 }
@@ -167,15 +190,36 @@ impl Reporter {
                     "seconds": seconds,
                 }
             });
-            println!("{}", serde_json::to_string_pretty(&doc).expect("serializes"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
             return;
         }
-        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(7).max(7);
+        let width = results
+            .iter()
+            .map(|r| r.name.len())
+            .max()
+            .unwrap_or(7)
+            .max(7);
         eprintln!();
-        eprintln!("{:<width$}  {:<8}  {:>7}  modules", "package", "status", "time");
+        eprintln!(
+            "{:<width$}  {:<8}  {:>7}  modules",
+            "package", "status", "time"
+        );
         for r in results {
-            let t = if r.seconds > 0.0 { format!("{:.1}s", r.seconds) } else { "-".into() };
-            eprintln!("{:<width$}  {:<8}  {:>7}  {}", r.name, format!("{:?}", r.status).to_lowercase(), t, r.modules.len());
+            let t = if r.seconds > 0.0 {
+                format!("{:.1}s", r.seconds)
+            } else {
+                "-".into()
+            };
+            eprintln!(
+                "{:<width$}  {:<8}  {:>7}  {}",
+                r.name,
+                format!("{:?}", r.status).to_lowercase(),
+                t,
+                r.modules.len()
+            );
         }
         eprintln!(
             "built {}, fresh {}, failed {}, refused {}, skipped {} in {:.1}s",

@@ -42,8 +42,12 @@ pub struct Index {
 
 /// Directories of the source tree that hold no kernel Makefiles of interest.
 fn skip_dir(rel: &str, srcarch: &str) -> bool {
-    matches!(rel, "Documentation" | "tools" | "scripts" | "samples" | "usr" | ".git")
-        || (rel.starts_with("arch/") && rel.matches('/').count() == 1 && rel != format!("arch/{srcarch}"))
+    matches!(
+        rel,
+        "Documentation" | "tools" | "scripts" | "samples" | "usr" | ".git"
+    ) || (rel.starts_with("arch/")
+        && rel.matches('/').count() == 1
+        && rel != format!("arch/{srcarch}"))
 }
 
 impl Index {
@@ -54,11 +58,14 @@ impl Index {
             Regex::new(r"^\s*(bool|tristate|string|int|hex|def_bool|def_tristate)\b").unwrap()
         });
         static OBJ: LazyLock<Regex> = LazyLock::new(|| {
-            Regex::new(r"^\s*obj-(?:\$\(CONFIG_([A-Za-z0-9_]+)\)|(m))\s*(?:\+=|:=|=)\s*(.*)$").unwrap()
+            Regex::new(r"^\s*obj-(?:\$\(CONFIG_([A-Za-z0-9_]+)\)|(m))\s*(?:\+=|:=|=)\s*(.*)$")
+                .unwrap()
         });
         let mut idx = Index::default();
         let walker = WalkDir::new(srctree).into_iter().filter_entry(|e| {
-            let Ok(rel) = e.path().strip_prefix(srctree) else { return true };
+            let Ok(rel) = e.path().strip_prefix(srctree) else {
+                return true;
+            };
             !(e.file_type().is_dir() && skip_dir(rel.to_str().unwrap_or(""), srcarch))
         });
         for entry in walker.filter_map(Result::ok) {
@@ -71,7 +78,9 @@ impl Index {
             if !is_make && !is_kconfig {
                 continue;
             }
-            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+            let Ok(text) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
             let rel_dir = entry
                 .path()
                 .parent()
@@ -108,7 +117,9 @@ impl Index {
             }
             for line in joined_lines(&text) {
                 let line = line.split('#').next().unwrap_or("");
-                let Some(c) = OBJ.captures(line) else { continue };
+                let Some(c) = OBJ.captures(line) else {
+                    continue;
+                };
                 let targets = c[3]
                     .split_whitespace()
                     .filter(|t| (t.ends_with(".o") || t.ends_with('/')) && !t.contains('$'));
@@ -147,7 +158,11 @@ impl Index {
     }
 
     fn expand(&self, sym: &str, dir: &str, name: &str, out: &mut BTreeSet<String>, depth: usize) {
-        let path = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
+        let path = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
         if let Some(stem) = path.strip_suffix(".o") {
             out.insert(format!("{stem}.ko"));
             return;
@@ -196,7 +211,10 @@ fn joined_lines(text: &str) -> Vec<String> {
 
 /// The directory of a module path (`drivers/net/dummy.ko` → `drivers/net`).
 pub fn module_dir(ko: &str) -> Utf8PathBuf {
-    Utf8Path::new(ko).parent().map(Utf8Path::to_owned).unwrap_or_default()
+    Utf8Path::new(ko)
+        .parent()
+        .map(Utf8Path::to_owned)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -217,13 +235,34 @@ mod tests {
     #[test]
     fn follows_subdirectories_and_continuations() {
         let (_d, idx) = tree(&[
-            ("fs/Makefile", "obj-$(CONFIG_NLS)\t+= nls/\nobj-$(CONFIG_SQUASHFS) += \\\n  squashfs/\n"),
-            ("fs/nls/Makefile", "obj-$(CONFIG_NLS) += nls_base.o\nobj-$(CONFIG_NLS_UTF8) += nls_utf8.o # utf\n"),
-            ("fs/squashfs/Makefile", "obj-$(CONFIG_SQUASHFS) += squashfs.o\nsquashfs-y += super.o\n"),
-            ("drivers/block/Makefile", "obj-$(CONFIG_BLK_DEV_LOOP) += loop.o\nobj-$(CONFIG_ZRAM) += zram/\n"),
-            ("drivers/block/zram/Makefile", "zram-y := zram_drv.o\nobj-$(CONFIG_ZRAM) += zram.o\n"),
-            ("arch/arm/Makefile", "obj-$(CONFIG_BLK_DEV_LOOP) += armloop.o\n"),
-            ("fs/Kconfig", "config SQUASHFS\n\ttristate \"squashfs\"\nmenuconfig NLS\n\ttristate \"nls\"\nconfig NET\n\tbool \"net\"\n"),
+            (
+                "fs/Makefile",
+                "obj-$(CONFIG_NLS)\t+= nls/\nobj-$(CONFIG_SQUASHFS) += \\\n  squashfs/\n",
+            ),
+            (
+                "fs/nls/Makefile",
+                "obj-$(CONFIG_NLS) += nls_base.o\nobj-$(CONFIG_NLS_UTF8) += nls_utf8.o # utf\n",
+            ),
+            (
+                "fs/squashfs/Makefile",
+                "obj-$(CONFIG_SQUASHFS) += squashfs.o\nsquashfs-y += super.o\n",
+            ),
+            (
+                "drivers/block/Makefile",
+                "obj-$(CONFIG_BLK_DEV_LOOP) += loop.o\nobj-$(CONFIG_ZRAM) += zram/\n",
+            ),
+            (
+                "drivers/block/zram/Makefile",
+                "zram-y := zram_drv.o\nobj-$(CONFIG_ZRAM) += zram.o\n",
+            ),
+            (
+                "arch/arm/Makefile",
+                "obj-$(CONFIG_BLK_DEV_LOOP) += armloop.o\n",
+            ),
+            (
+                "fs/Kconfig",
+                "config SQUASHFS\n\ttristate \"squashfs\"\nmenuconfig NLS\n\ttristate \"nls\"\nconfig NET\n\tbool \"net\"\n",
+            ),
         ]);
         assert_eq!(idx.modules("NLS"), ["fs/nls/nls_base.ko"]);
         assert_eq!(idx.modules("NLS_UTF8"), ["fs/nls/nls_utf8.ko"]);

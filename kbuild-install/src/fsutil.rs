@@ -39,4 +39,3 @@ pub fn replace_dir(
     }
     Ok(())
 }
-

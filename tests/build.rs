@@ -1,0 +1,373 @@
+//! `extmod build` against the real test kernel: every module of the test config as its own
+//! package, compared with the in-tree build, and loaded by the real kernel under qemu.
+
+mod common;
+
+use assert_cmd::Command;
+use common::qemu::{Initramfs, boot};
+use common::{TestKernel, fingerprint, test_kernel};
+use kbuild_install::elf;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn extmod() -> Command {
+    Command::cargo_bin("extmod").unwrap()
+}
+
+/// One Kbuild tree per test process, made by `extmod kbuild-install`.
+fn kbuild() -> &'static Path {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        let tk = test_kernel();
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("kbuild-build-{}", std::process::id()));
+        extmod()
+            .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
+            .arg(&tk.src)
+            .arg("--objtree")
+            .arg(&tk.obj)
+            .arg(&dest)
+            .assert()
+            .success();
+        dest
+    })
+}
+
+fn build_cmd(tk: &TestKernel, d: &Path, out: &Path) -> Command {
+    let mut c = extmod();
+    c.arg("build")
+        .arg("--kbuild")
+        .arg(kbuild())
+        .arg("--srctree")
+        .arg(&tk.src)
+        .arg("--objdir")
+        .arg(d)
+        .arg("--dest")
+        .arg(out);
+    c
+}
+
+fn json_of(out: &[u8]) -> Value {
+    serde_json::from_slice(out)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", String::from_utf8_lossy(out)))
+}
+
+fn section(path: &Path, name: &str) -> Vec<u8> {
+    elf::section_of(&std::fs::read(path).unwrap(), name)
+        .unwrap()
+        .unwrap_or_else(|| panic!("{} has no {name}", path.display()))
+}
+
+/// Every symbol the base config sets `=m`.
+fn module_symbols(tk: &TestKernel) -> Vec<String> {
+    std::fs::read_to_string(tk.obj.join(".config"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_suffix("=m"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn all_test_modules_build_match_in_tree_and_load() {
+    let tk = test_kernel();
+    let k = kbuild();
+    let k_before = fingerprint(k);
+    let tmp = common::tempdir("extmod-build-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let symbols = module_symbols(tk);
+    assert!(symbols.len() >= 15, "{symbols:?}");
+
+    let res = build_cmd(tk, &d, &out)
+        .args(&symbols)
+        .arg("--json")
+        .arg("-j2")
+        .assert();
+    let res = res.code(21).get_output().clone(); // two selector symbols build no module
+    let doc = json_of(&res.stdout);
+    let pkgs = doc["packages"].as_array().unwrap();
+    let mut built_modules = Vec::new();
+    for p in pkgs {
+        let name = p["name"].as_str().unwrap();
+        match p["status"].as_str().unwrap() {
+            "built" => {
+                for m in p["modules"].as_array().unwrap() {
+                    built_modules.push(m.as_str().unwrap().to_string());
+                }
+                assert!(
+                    out.join(name).join("Module.symvers").is_file(),
+                    "{name}: no Module.symvers"
+                );
+            }
+            "refused" => {
+                assert!(
+                    ["CONFIG_CRYPTO_ALGAPI", "CONFIG_CRYPTO_HASH"].contains(&name),
+                    "{name} refused: {p}"
+                );
+                assert_eq!(p["refusal"]["code"], 21);
+            }
+            other => panic!(
+                "{name}: {other}: {p}\n{}",
+                String::from_utf8_lossy(&res.stderr)
+            ),
+        }
+    }
+    // Every module of the base build, exactly once.
+    let order = std::fs::read_to_string(tk.obj.join("modules.order")).unwrap();
+    let mut want: Vec<String> = order.lines().map(|l| l.replace(".o", ".ko")).collect();
+    want.sort();
+    built_modules.sort();
+    assert_eq!(built_modules, want);
+
+    // Same code and same symbol versions as the in-tree build.
+    let release = tk.release();
+    for p in pkgs.iter().filter(|p| p["status"] == "built") {
+        for m in p["modules"].as_array().unwrap() {
+            let m = m.as_str().unwrap();
+            let ours = out
+                .join(p["name"].as_str().unwrap())
+                .join("lib/modules")
+                .join(&release)
+                .join("kernel")
+                .join(m);
+            let theirs = tk.obj.join(m);
+            for s in [".text", "__versions"] {
+                assert!(
+                    section(&ours, s) == section(&theirs, s),
+                    "{m}: {s} differs from the in-tree build"
+                );
+            }
+            let name =
+                elf::modinfo_value(camino::Utf8Path::from_path(&ours).unwrap(), "name").unwrap();
+            let in_tree =
+                elf::modinfo_value(camino::Utf8Path::from_path(&theirs).unwrap(), "name").unwrap();
+            assert_eq!(name, in_tree);
+        }
+    }
+
+    // A second run builds nothing.
+    let again = build_cmd(tk, &d, &out)
+        .args(&symbols)
+        .arg("--json")
+        .assert()
+        .code(21)
+        .get_output()
+        .clone();
+    let doc2 = json_of(&again.stdout);
+    assert_eq!(doc2["summary"]["built"], 0, "{doc2}");
+    assert_eq!(doc2["summary"]["fresh"], pkgs.len() - 2);
+
+    // The real kernel loads them: an initramfs with only extmod's modules.
+    let mut image = Initramfs::new();
+    for p in pkgs.iter().filter(|p| p["status"] == "built") {
+        image = image.tree(&out.join(p["name"].as_str().unwrap()).join("lib"), "/lib");
+    }
+    let image = image.script(
+        "depmod\n\
+         for m in zram nls_utf8 dummy veth loop squashfs crc7 crc_itu_t libcrc32c; do modprobe $m; done\n\
+         lsmod\n\
+         test -e /sys/class/net/dummy0\n\
+         test -e /sys/block/zram0\n\
+         echo MODULES-LOADED $(lsmod | wc -l)\n",
+    );
+    let initrd = image.build(&tmp.path().join("boot"));
+    let result = boot(&tk.bzimage(), &initrd, Duration::from_secs(120));
+    result.assert_ok();
+    let text = result.script_output();
+    for m in [
+        "zram",
+        "zsmalloc",
+        "lzo_compress",
+        "nls_utf8",
+        "nls_base",
+        "dummy",
+        "veth",
+        "libcrc32c",
+        "crc32c_generic",
+    ] {
+        assert!(
+            text.lines().any(|l| l.split_whitespace().next() == Some(m)),
+            "{m} not loaded:\n{text}"
+        );
+    }
+
+    assert_eq!(fingerprint(k), k_before, "the Kbuild tree was modified");
+}
+
+#[test]
+fn refusals_and_bad_input_have_distinct_codes() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-bad-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    for (sym, code, text) in [
+        ("CONFIG_NO_SUCH_THING", 20, "is not a Kconfig symbol"),
+        ("CONFIG_NET", 21, "is a bool option: it builds no module"),
+        ("CONFIG_CRC32", 22, "is built into the base kernel (=y)"),
+        (
+            "CONFIG_NLMON",
+            23,
+            "is not enabled in the base configuration",
+        ),
+    ] {
+        let o = build_cmd(tk, &d, &out)
+            .arg(sym)
+            .assert()
+            .code(code)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(text), "{sym}: {err}");
+        assert!(err.contains("  hint: "), "{sym}: {err}");
+    }
+    // Paths Kbuild cannot take.
+    for bad in ["with space", "with:colon", "with%percent"] {
+        let o = build_cmd(tk, &tmp.path().join(bad), &out)
+            .arg("CONFIG_DUMMY")
+            .assert()
+            .code(25)
+            .get_output()
+            .clone();
+        assert!(String::from_utf8_lossy(&o.stderr).contains("which Kbuild cannot handle"));
+    }
+    // Package files.
+    let pf = tmp.path().join("p.toml");
+    std::fs::write(
+        &pf,
+        "[[package]]\nname = \"a\"\nkconfig = [\"CONFIG_DUMMY\"]\ndepends = [\"b\"]\n",
+    )
+    .unwrap();
+    let o = build_cmd(tk, &d, &out)
+        .arg("--packages")
+        .arg(&pf)
+        .assert()
+        .code(24)
+        .get_output()
+        .clone();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("depends on unknown package `b`"));
+    std::fs::write(
+        &pf,
+        "[[package]]\nname = \"a\"\nkconfig = [\"CONFIG_DUMMY\"]\ndepends = [\"a\"]\n",
+    )
+    .unwrap();
+    build_cmd(tk, &d, &out)
+        .arg("--packages")
+        .arg(&pf)
+        .assert()
+        .code(24);
+    // A source tree of another version.
+    let fake = tmp.path().join("linux-6.1");
+    std::fs::create_dir_all(fake.join("scripts/kconfig")).unwrap();
+    std::fs::write(fake.join("Kconfig"), "").unwrap();
+    std::fs::write(fake.join("scripts/Makefile.build"), "").unwrap();
+    std::fs::write(
+        fake.join("Makefile"),
+        "VERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 0\nEXTRAVERSION =\n",
+    )
+    .unwrap();
+    let mut c = extmod();
+    c.args(["build", "--kbuild"])
+        .arg(kbuild())
+        .arg("--srctree")
+        .arg(&fake)
+        .arg("-D")
+        .arg(&d)
+        .arg("-O")
+        .arg(&out);
+    let o = c.arg("CONFIG_DUMMY").assert().code(13).get_output().clone();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is version 6.1.0"));
+    // No compiler.
+    let empty = tmp.path().join("empty-path");
+    std::fs::create_dir(&empty).unwrap();
+    build_cmd(tk, &d, &out)
+        .arg("CONFIG_DUMMY")
+        .env("PATH", &empty)
+        .assert()
+        .code(17);
+    // Nothing was built or staged by any of these.
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
+
+#[test]
+fn failure_is_contained_and_keep_going_builds_the_rest() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-fail-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let pf = tmp.path().join("p.toml");
+    std::fs::write(
+        &pf,
+        "[[package]]\nname = \"broken\"\nkconfig = [\"CONFIG_DUMMY\"]\nfiles = [\"drivers/net/no_such_module.ko\"]\n\
+         [[package]]\nname = \"needs-broken\"\nkconfig = [\"CONFIG_VETH\"]\ndepends = [\"broken\"]\n\
+         [[package]]\nname = \"fine\"\nkconfig = [\"CONFIG_CRC7\"]\n",
+    )
+    .unwrap();
+    let o = build_cmd(tk, &d, &out)
+        .arg("--packages")
+        .arg(&pf)
+        .arg("--keep-going")
+        .arg("--json")
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let doc = json_of(&o.stdout);
+    let status = |n: &str| {
+        doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap()["status"]
+            .clone()
+    };
+    assert_eq!(status("broken"), "failed");
+    assert_eq!(status("needs-broken"), "skipped");
+    assert_eq!(status("fine"), "built");
+    assert!(!out.join("broken").exists() && !out.join("needs-broken").exists());
+    assert!(
+        out.join("fine/lib/modules")
+            .join(tk.release())
+            .join("kernel/lib/crc7.ko")
+            .is_file()
+    );
+    let err = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "broken")
+        .unwrap()["error"]
+        .to_string();
+    assert!(err.contains("no_such_module"), "{err}");
+    assert!(d.join("broken/build.log").is_file());
+    // Staging leaves nothing half-written behind.
+    let names: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["fine"]);
+}
+
+#[test]
+fn dry_run_prints_the_make_command_lines() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-dry-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let o = build_cmd(tk, &d, &out)
+        .args(["--dry-run", "CONFIG_DUMMY", "CONFIG_ZRAM"])
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&o.stderr);
+    let dummy = format!(
+        "make -C {}/CONFIG_DUMMY/tree M=drivers/net ARCH=x86 dummy.ko",
+        d.display()
+    );
+    assert!(err.contains(&dummy), "{err}");
+    assert!(
+        err.contains("M=drivers/block/zram ARCH=x86 zram.ko"),
+        "{err}"
+    );
+    assert!(!d.exists() && !out.exists(), "--dry-run must not write");
+}

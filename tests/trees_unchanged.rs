@@ -1,0 +1,27 @@
+//! The kernel source and object trees of the test kernel are byte-for-byte what the build left:
+//! compared with the fingerprints `scripts/test-kernel` took right after building them. Runs in
+//! the suite and once more after it (scripts/test), so any write by any test is caught.
+
+mod common;
+
+#[test]
+fn source_and_object_trees_are_unchanged() {
+    let tk = common::test_kernel();
+    for (tree, saved) in [(&tk.src, "fingerprint.src"), (&tk.obj, "fingerprint.obj")] {
+        let want = std::fs::read_to_string(tk.dir.join(saved)).unwrap();
+        let got = common::fingerprint(tree);
+        if want != got {
+            let diff: Vec<_> = got
+                .lines()
+                .filter(|l| !want.contains(*l))
+                .chain(want.lines().filter(|l| !got.contains(*l)))
+                .take(20)
+                .collect();
+            panic!(
+                "{} changed since it was built:\n{}",
+                tree.display(),
+                diff.join("\n")
+            );
+        }
+    }
+}
