@@ -371,3 +371,93 @@ fn dry_run_prints_the_make_command_lines() {
     );
     assert!(!d.exists() && !out.exists(), "--dry-run must not write");
 }
+
+/// Debian's linux-headers package for the test kernel's source version, when installed.
+fn debian_headers() -> Option<PathBuf> {
+    let tk = test_kernel();
+    let version = std::fs::read_to_string(tk.obj.join("include/config/kernel.release")).unwrap();
+    let dir = std::fs::read_dir("/usr/src")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&format!("linux-headers-{}+", version.trim())) && n.ends_with("-amd64")
+        });
+    if dir.is_none() {
+        eprintln!(
+            "SKIP: no /usr/src/linux-headers-{}+*-amd64 (scripts/deps installs it)",
+            version.trim()
+        );
+    }
+    dir
+}
+
+#[test]
+fn same_packages_build_against_debian_linux_headers() {
+    let Some(headers) = debian_headers() else {
+        return;
+    };
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-deb-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let config = std::fs::read_to_string(headers.join(".config")).unwrap();
+    let release = std::fs::read_to_string(headers.join("include/config/kernel.release")).unwrap();
+    let symbols = module_symbols(tk);
+    let o = extmod()
+        .arg("build")
+        .arg("--kbuild")
+        .arg(&headers)
+        .arg("--srctree")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(&d)
+        .arg("-O")
+        .arg(&out)
+        .args(&symbols)
+        .args(["--json", "--keep-going"])
+        .output()
+        .unwrap();
+    let doc = json_of(&o.stdout);
+    let mut built = 0;
+    for p in doc["packages"].as_array().unwrap() {
+        let name = p["name"].as_str().unwrap();
+        let debian = config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .unwrap_or("n");
+        let status = p["status"].as_str().unwrap();
+        match debian {
+            "m" if ["CONFIG_CRYPTO_ALGAPI", "CONFIG_CRYPTO_HASH"].contains(&name) => {
+                assert_eq!(status, "refused")
+            }
+            "m" => {
+                assert_eq!(status, "built", "{name}: {p}");
+                built += 1;
+                for m in p["modules"].as_array().unwrap() {
+                    let ko = out
+                        .join(name)
+                        .join("lib/modules")
+                        .join(release.trim())
+                        .join("kernel")
+                        .join(m.as_str().unwrap());
+                    let vermagic =
+                        elf::modinfo_value(camino::Utf8Path::from_path(&ko).unwrap(), "vermagic")
+                            .unwrap()
+                            .unwrap();
+                    assert!(
+                        vermagic.starts_with(&format!("{} SMP", release.trim())),
+                        "{vermagic}"
+                    );
+                }
+            }
+            "y" => assert_eq!(p["refusal"]["code"], 22, "{name}: {p}"),
+            _ => assert_eq!(status, "refused", "{name}: {p}"),
+        }
+    }
+    assert!(
+        built >= 8,
+        "only {built} packages built against {}",
+        headers.display()
+    );
+}

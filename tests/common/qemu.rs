@@ -93,6 +93,10 @@ impl Initramfs {
         for applet in applets.iter().filter(|a| a.as_str() != "busybox") {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
+        // The kernel's request_module() runs /sbin/modprobe (e.g. the crypto API loading
+        // crc32c_generic for libcrc32c).
+        fs::create_dir_all(root.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", root.join("sbin/modprobe")).unwrap();
 
         for (host_dir, at) in &self.trees {
             copy_tree(host_dir, &root.join(at.trim_start_matches('/')));
