@@ -36,6 +36,9 @@ pub enum Command {
     /// Build packages of in-tree modules in split object directories.
     #[command(long_about = BUILD_LONG_ABOUT, after_help = BUILD_AFTER_HELP)]
     Build(BuildArgs),
+    /// Generate a configuration variant with the kernel's own Kconfig and classify the change.
+    #[command(long_about = VARIANT_LONG_ABOUT)]
+    Variant(VariantArgs),
     /// Write the man pages (extmod.1 and one per subcommand) into a directory.
     Man {
         /// Output directory.
@@ -76,6 +79,50 @@ Examples:
   extmod build -K kb -S linux -D objs -O out --packages kmods.toml -j4 --keep-going
   extmod build ... --dry-run    # print the make command lines";
 
+pub const VARIANT_LONG_ABOUT: &str = "\
+Generate a configuration variant: the base .config of a Kbuild tree made by `extmod
+kbuild-install`, plus the requested settings, run through the kernel's own Kconfig
+(scripts/kconfig/conf --olddefconfig, then --syncconfig) with the toolchain environment recorded
+in the tree. Writes .config, include/config/auto.conf (+ per-symbol files),
+include/generated/autoconf.h and rustc_cfg into DIR; never writes into K or S.
+
+Passing CONFIG_X=m on make's command line is not a variant: C code reads autoconf.h, and no
+`select`, sub-option or default is applied. A variant is what the kernel's build would see.
+
+The difference from the base is classified:
+  module-local       new =m symbols; =y/value sub-options used only inside the modules'
+                     directories (e.g. CONFIG_SQUASHFS_XZ=y for squashfs)
+  kernel-affecting   any other change of a =y, string, int or hex symbol: built-in code, struct
+                     layouts, global flags; a module built with it may not match the kernel
+  toolchain drift    what Kconfig recomputes differently on this machine with no request at all
+                     (compiler, assembler, linker, pahole versions and capabilities)
+  not applied        a request Kconfig rejected: unmet `depends on` (with the chain), a bool
+                     asked as =m, a symbol forced =y by a select, an unknown symbol
+
+Variants are cached by their inputs; asking again costs almost nothing. Exit code 0 when every
+request applied and nothing is kernel-affecting, 27 when a request was not applied, 28 when the
+variant is kernel-affecting.";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VariantArgs {
+    /// Kbuild tree made by `extmod kbuild-install` (it ships Kconfig files and conf).
+    #[arg(long, short = 'K', value_name = "K")]
+    pub kbuild: camino::Utf8PathBuf,
+    /// Kernel source tree, to find where changed options are used (without it every =y change
+    /// counts as kernel-affecting).
+    #[arg(long, short = 'S', value_name = "S")]
+    pub srctree: Option<camino::Utf8PathBuf>,
+    /// A setting: CONFIG_X=m, CONFIG_Y=y, CONFIG_Z=n, CONFIG_W=value (repeatable).
+    #[arg(long = "set", value_name = "CONFIG_X=V", required = true)]
+    pub sets: Vec<String>,
+    /// Where to write the variant (.config, include/config, include/generated).
+    #[arg(long, value_name = "DIR")]
+    pub out: camino::Utf8PathBuf,
+    /// Print the classification as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BuildArgs {
     /// Kbuild tree (K): from `extmod kbuild-install`, install-extmod-build, a linux-headers
@@ -109,6 +156,10 @@ pub struct BuildArgs {
     /// Print results as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Build packages whose configuration variant changes built-in code anyway; they are
+    /// labelled as not matching the running kernel.
+    #[arg(long)]
+    pub allow_kernel_change: bool,
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use crate::error::{Error, code};
 use crate::events::{Event, PackageResult, Refusal, Status};
 use crate::kbuild::{KbuildTree, Kind};
 use crate::overlay::{self, Layers};
-use crate::package::Package;
+use crate::package::{KconfigReq, Package};
 use crate::symbols::{Index, SymType, module_dir};
 use camino::{Utf8Path, Utf8PathBuf};
 use kbuild_install::process::{self, check_interrupted, interrupted};
@@ -33,6 +33,8 @@ pub struct BuildOptions {
     pub jobs: Option<usize>,
     pub keep_going: bool,
     pub dry_run: bool,
+    /// Build packages whose variant changes built-in code (labelled as not matching).
+    pub allow_kernel_change: bool,
 }
 
 /// One `make` call: the modules of a package in one directory.
@@ -49,6 +51,7 @@ struct Job {
     units: Vec<Unit>,
     key: String,
     notes: Vec<String>,
+    variant: Option<crate::variant::Variant>,
 }
 
 enum Plan {
@@ -72,6 +75,7 @@ struct Ctx {
     dest: Utf8PathBuf,
     index: OnceLock<Index>,
     srcarch: String,
+    allow_kernel_change: bool,
 }
 
 impl Ctx {
@@ -175,6 +179,7 @@ pub fn run(
         dest,
         index: OnceLock::new(),
         srcarch,
+        allow_kernel_change: opts.allow_kernel_change,
     };
 
     // Plan.
@@ -272,11 +277,15 @@ fn plan(
     let index = ctx.index();
     let mut modules = BTreeSet::new();
     let mut notes = Vec::new();
+    // Requests the base configuration does not satisfy: they need a variant.
+    let mut needs_variant = Vec::new();
+    // Tristate symbols whose modules the package builds (checked against the base build when
+    // the base already builds them).
+    let mut module_syms = Vec::new();
     for req in &pkg.kconfig {
         let sym = &req.symbol;
         let base = ctx.k.value(sym);
         let ty = index.sym_type(sym);
-        let wanted = req.value.as_deref();
         if ty.is_none() && base.is_none() {
             return refused(refusal(
                 code::UNKNOWN_SYMBOL,
@@ -287,78 +296,155 @@ fn plan(
                 "check the spelling; `grep -r 'config NAME' --include='Kconfig*'` in the source tree finds symbols",
             ));
         }
-        match wanted {
-            Some("n") => {
-                if base.is_some() {
-                    return refused(refusal(
-                        code::NEEDS_VARIANT,
-                        format!(
-                            "CONFIG_{sym} must not be enabled, but the base kernel has it ={}",
-                            base.unwrap_or("")
-                        ),
-                        "this package cannot be built for this kernel without a configuration variant",
-                    ));
-                }
-                continue;
-            }
-            None | Some("m") => {}
-            Some(v) => {
-                if base == Some(v) {
-                    continue;
-                }
-                return refused(refusal(
-                    code::NEEDS_VARIANT,
+        let tristate = ty == Some(SymType::Tristate);
+        // A bare symbol asks for a module (tristate) or for the option to be on (bool).
+        let wanted = req
+            .value
+            .clone()
+            .unwrap_or_else(|| if tristate { "m".into() } else { "y".into() });
+        if req.value.is_none() && tristate && base == Some("y") {
+            return refused(refusal(
+                code::BUILT_IN,
+                format!(
+                    "CONFIG_{sym} is built into the base kernel (=y): its code is in vmlinux, not in a module"
+                ),
+                "nothing to build; the running kernel already has it",
+            ));
+        }
+        if req.value.is_none() && !tristate && pkg.kconfig.len() == 1 {
+            return refused(refusal(
+                code::NO_MODULE,
+                format!(
+                    "CONFIG_{sym} is a {} option: it builds no module",
+                    ty.map_or("non-tristate".to_string(), |t| format!("{t:?}")
+                        .to_lowercase())
+                ),
+                "name the tristate symbol that builds the module (e.g. CONFIG_BLK_DEV_LOOP for loop.ko)",
+            ));
+        }
+        let satisfied = if wanted == "n" {
+            base.is_none()
+        } else {
+            base == Some(wanted.as_str())
+        };
+        if !satisfied {
+            needs_variant.push(KconfigReq {
+                symbol: sym.clone(),
+                value: Some(wanted.clone()),
+            });
+        }
+        if wanted == "m" {
+            module_syms.push(sym.clone());
+        }
+    }
+    let mut variant = None;
+    if !needs_variant.is_empty() {
+        if crate::variant::variant_manifest(&ctx.k).is_err() {
+            let list: Vec<String> = needs_variant.iter().map(|r| r.to_string()).collect();
+            return refused(refusal(
+                code::NEEDS_VARIANT,
+                format!(
+                    "{} not in the base configuration, and the Kbuild tree cannot make configuration variants",
+                    list.join(", ")
+                ),
+                "make the Kbuild tree with `extmod kbuild-install` (it ships Kconfig and conf)",
+            ));
+        }
+        let reqs: Vec<KconfigReq> = pkg
+            .kconfig
+            .iter()
+            .map(|r| {
+                needs_variant
+                    .iter()
+                    .find(|n| n.symbol == r.symbol)
+                    .cloned()
+                    .unwrap_or_else(|| r.clone())
+            })
+            .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
+            .collect();
+        let dirs: BTreeSet<String> = module_syms
+            .iter()
+            .flat_map(|s| index.modules(s))
+            .chain(pkg.files.iter().cloned())
+            .map(|m| module_dir(&m).to_string())
+            .collect();
+        let dirs: Vec<String> = dirs.into_iter().collect();
+        let v = crate::variant::generate(
+            &crate::variant::Inputs {
+                k: &ctx.k,
+                src: Some(&ctx.src.path),
+                index: Some(index),
+                srcarch: &ctx.srcarch,
+                module_dirs: &dirs,
+                cache: &ctx.objdir.join(".variants"),
+            },
+            &reqs,
+        )?;
+        if !v.not_applied.is_empty() {
+            let why: Vec<String> = v
+                .not_applied
+                .iter()
+                .map(|n| format!("{}: {}", n.request, n.why))
+                .collect();
+            return refused(refusal(
+                code::NOT_APPLIED,
+                format!("Kconfig did not apply {}", why.join("; ")),
+                "enable the missing dependencies in the package's kconfig, or ask for a value the symbol can take",
+            ));
+        }
+        let affecting = v.kernel_affecting();
+        if !affecting.is_empty() {
+            let list: Vec<String> = affecting
+                .iter()
+                .map(|c| {
                     format!(
-                        "CONFIG_{sym}={v} differs from the base configuration ({})",
-                        base.map_or("not set".to_string(), |b| format!("={b}"))
+                        "CONFIG_{} {} -> {} ({})",
+                        c.symbol,
+                        c.old.as_deref().unwrap_or("n"),
+                        c.new.as_deref().unwrap_or("n"),
+                        c.why
+                    )
+                })
+                .collect();
+            if !ctx.allow_kernel_change {
+                return refused(refusal(
+                    code::KERNEL_AFFECTING,
+                    format!(
+                        "the configuration variant changes the kernel itself: {}",
+                        list.join("; ")
                     ),
-                    "building it needs a configuration variant of the kernel; extmod builds only what the base config already enables",
+                    "the modules would not match the running kernel; --allow-kernel-change builds them anyway, labelled",
                 ));
+            }
+            notes.push(format!(
+                "built with --allow-kernel-change: does NOT match the running kernel: {}",
+                list.join("; ")
+            ));
+        }
+        for s in &v.new_modules {
+            if !module_syms.contains(s) {
+                notes.push(format!(
+                    "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
+                ));
+                module_syms.push(s.clone());
             }
         }
-        match (base, ty) {
-            (Some("m"), _) => {}
-            (Some("y"), Some(SymType::Tristate)) => {
-                return refused(refusal(
-                    code::BUILT_IN,
-                    format!(
-                        "CONFIG_{sym} is built into the base kernel (=y): its code is in vmlinux, not in a module"
-                    ),
-                    "nothing to build; the running kernel already has it",
-                ));
-            }
-            (_, Some(SymType::Tristate)) => {
-                return refused(refusal(
-                    code::NEEDS_VARIANT,
-                    format!("CONFIG_{sym} is not enabled in the base configuration"),
-                    "building it needs a configuration variant; extmod builds modules the base config sets =m",
-                ));
-            }
-            _ => {
-                return refused(refusal(
-                    code::NO_MODULE,
-                    format!(
-                        "CONFIG_{sym} is a {} option: it builds no module",
-                        ty.map_or("non-tristate".to_string(), |t| format!("{t:?}")
-                            .to_lowercase())
-                    ),
-                    "name the tristate symbol that builds the module (e.g. CONFIG_BLK_DEV_LOOP for loop.ko)",
-                ));
-            }
-        }
+        variant = Some(v);
+    }
+    for sym in &module_syms {
         let derived = index.modules(sym);
+        let in_base = ctx.k.value(sym) == Some("m");
         let mut found = false;
         for m in derived {
-            match ctx.k.built_module(&m) {
-                Some(false) => notes.push(format!(
+            if in_base && ctx.k.built_module(&m) == Some(false) {
+                notes.push(format!(
                     "CONFIG_{sym}: Makefiles name {m}, but the base build did not make it; left out"
-                )),
-                _ => {
-                    found = true;
-                    if pkg.files.is_empty() {
-                        modules.insert(m);
-                    }
-                }
+                ));
+                continue;
+            }
+            found = true;
+            if pkg.files.is_empty() {
+                modules.insert(m);
             }
         }
         if !found && pkg.files.is_empty() {
@@ -395,6 +481,7 @@ fn plan(
         units,
         key,
         notes,
+        variant,
     }))
 }
 
@@ -703,10 +790,41 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         }
         let module_dirs: BTreeSet<String> = job.units.iter().map(|u| u.dir.clone()).collect();
         let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
+        let mut overrides = BTreeMap::new();
+        if let Some(v) = &job.variant {
+            // The variant's configuration, as the C code and make see it.
+            overrides.insert("include/config".to_string(), v.dir.join("include/config"));
+            for f in ["autoconf.h", "rustc_cfg"] {
+                overrides.insert(
+                    format!("include/generated/{f}"),
+                    v.dir.join("include/generated").join(f),
+                );
+            }
+            overrides.insert(".config".to_string(), v.dir.join(".config"));
+            // Modules the base already has are rebuilt here: modpost must not see their old
+            // exports next to the new ones.
+            let base = std::fs::read_to_string(ctx.k.path.join("Module.symvers"))
+                .map_err(|e| KError::io("read", ctx.k.path.join("Module.symvers"), e))?;
+            let ours: BTreeSet<&str> = job
+                .modules
+                .iter()
+                .map(|m| m.trim_end_matches(".ko"))
+                .collect();
+            let filtered: String = base
+                .lines()
+                .filter(|l| l.split('\t').nth(2).is_none_or(|m| !ours.contains(m)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::create_dir_all(&dir).map_err(|e| KError::io("create", &dir, e))?;
+            let path = dir.join("base.Module.symvers");
+            std::fs::write(&path, filtered).map_err(|e| KError::io("write", &path, e))?;
+            overrides.insert("Module.symvers".to_string(), path);
+        }
         let layers = Layers {
             kbuild: &ctx.k.layers,
             kbuild_only: only,
             src: &ctx.src.path,
+            overrides: &overrides,
         };
         overlay::create(&tree, &layers, &module_dirs)?;
     }

@@ -12,6 +12,9 @@ pub mod code {
     pub const NEEDS_VARIANT: u8 = 23;
     pub const BAD_PACKAGES: u8 = 24;
     pub const BAD_PATH: u8 = 25;
+    pub const NOT_APPLIED: u8 = 27;
+    pub const KERNEL_AFFECTING: u8 = 28;
+    pub const NO_KCONFIG: u8 = 29;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,11 @@ pub enum Error {
 
     #[error("no packages given")]
     NoPackages,
+
+    #[error(
+        "Kbuild tree `{0}` cannot make configuration variants (no manifest, Kconfig files or scripts/kconfig/conf)"
+    )]
+    NoKconfig(Utf8PathBuf),
 }
 
 impl Error {
@@ -44,6 +52,7 @@ impl Error {
             | Error::UnknownDependency { .. }
             | Error::Cycle(_)
             | Error::NoPackages => code::BAD_PACKAGES,
+            Error::NoKconfig(_) => code::NO_KCONFIG,
         }
     }
 
@@ -59,6 +68,7 @@ impl Error {
             Error::UnknownDependency { .. } => "define that package in the same file, or drop it from `depends`".into(),
             Error::Cycle(_) => "break the cycle: a package cannot depend on itself through others".into(),
             Error::NoPackages => "name CONFIG_ symbols or pass --packages FILE".into(),
+            Error::NoKconfig(_) => "make the Kbuild tree with `extmod kbuild-install`, which ships Kconfig and conf".into(),
         })
     }
 }

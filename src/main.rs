@@ -9,9 +9,10 @@ mod overlay;
 mod package;
 mod reporter;
 mod symbols;
+mod variant;
 
 use clap::{CommandFactory, Parser};
-use cli::{BuildArgs, Cli, Command};
+use cli::{BuildArgs, Cli, Command, VariantArgs};
 use error::{Error, code};
 use events::Status;
 use std::process::ExitCode;
@@ -21,6 +22,10 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::KbuildInstall(args) => kbuild_install::cli::run("extmod", &args),
         Command::Build(args) => build(&args),
+        Command::Variant(args) => match variant_cmd(&args) {
+            Ok(code) => code,
+            Err(e) => report_error(&e),
+        },
         Command::Man { dir } => match write_man(&dir) {
             Ok(()) => 0,
             Err(e) => {
@@ -64,6 +69,7 @@ fn build(args: &BuildArgs) -> u8 {
         jobs: args.jobs,
         keep_going: args.keep_going,
         dry_run: args.dry_run,
+        allow_kernel_change: args.allow_kernel_change,
     };
     let reporter = reporter::Reporter::new(reporter::Mode::detect(args.json));
     let start = std::time::Instant::now();
@@ -83,6 +89,84 @@ fn build(args: &BuildArgs) -> u8 {
         }
         Err(e) => report_error(&e),
     }
+}
+
+fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
+    kbuild_install::process::install_interrupt_handler();
+    let k = kbuild::KbuildTree::open(&args.kbuild)?;
+    let manifest = variant::variant_manifest(&k)?;
+    let sets = args
+        .sets
+        .iter()
+        .map(|s| {
+            package::KconfigReq::parse(s).map_err(|why| Error::PackageFile {
+                path: "--set".into(),
+                why,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let src = match &args.srctree {
+        Some(s) => Some(kbuild_install::tree::SourceTree::open(s)?),
+        None => None,
+    };
+    let cache = variant_cache()?;
+    let src_path = src.as_ref().map(|s| s.path.as_path());
+    if let Some(v) = variant::cached(&k, src_path, &sets, &cache) {
+        return variant_done(&v, args);
+    }
+    let index = src
+        .as_ref()
+        .map(|s| symbols::Index::build(&s.path, &manifest.srcarch));
+    // Module directories: those of the requested symbols.
+    let dirs: Vec<String> = index.as_ref().map_or_else(Vec::new, |i| {
+        let set: std::collections::BTreeSet<String> = sets
+            .iter()
+            .flat_map(|r| i.modules(&r.symbol))
+            .map(|m| symbols::module_dir(&m).to_string())
+            .collect();
+        set.into_iter().collect()
+    });
+    let v = variant::generate(
+        &variant::Inputs {
+            k: &k,
+            src: src_path,
+            index: index.as_ref(),
+            srcarch: &manifest.srcarch,
+            module_dirs: &dirs,
+            cache: &cache,
+        },
+        &sets,
+    )?;
+    variant_done(&v, args)
+}
+
+fn variant_done(v: &variant::Variant, args: &VariantArgs) -> Result<u8, Error> {
+    variant::export(v, &args.out)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+    } else {
+        for line in variant::report_lines(v) {
+            eprintln!("{line}");
+        }
+        eprintln!("{:>12} {}", "Wrote", args.out);
+    }
+    Ok(if !v.not_applied.is_empty() {
+        code::NOT_APPLIED
+    } else if !v.kernel_affecting().is_empty() {
+        code::KERNEL_AFFECTING
+    } else {
+        0
+    })
+}
+
+/// Where `extmod variant` caches variants: `$XDG_CACHE_HOME/extmod/variants` (or ~/.cache).
+fn variant_cache() -> Result<camino::Utf8PathBuf, Error> {
+    let base = std::env::var("XDG_CACHE_HOME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cache")))
+        .unwrap_or_else(|| "/tmp".into());
+    Ok(camino::Utf8PathBuf::from(base).join("extmod/variants"))
 }
 
 fn write_man(dir: &camino::Utf8Path) -> std::io::Result<()> {

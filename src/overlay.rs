@@ -18,7 +18,7 @@
 
 use camino::{Utf8Path, Utf8PathBuf};
 use kbuild_install::Error as KError;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 pub struct Layers<'a> {
     /// Kbuild tree directories, highest priority first.
@@ -27,6 +27,9 @@ pub struct Layers<'a> {
     /// holds build outputs of the whole kernel elsewhere); `None`: everything.
     pub kbuild_only: Option<&'static [&'static str]>,
     pub src: &'a Utf8Path,
+    /// Entries replaced by files of extmod's own (a configuration variant's `include/config`,
+    /// `autoconf.h`, a filtered `Module.symvers`): relative path → target.
+    pub overrides: &'a BTreeMap<String, Utf8PathBuf>,
 }
 
 /// Top-level entries taken from a full object directory.
@@ -109,9 +112,15 @@ fn fill(
     for name in all {
         let p = join(rel, &name);
         let out = dst.join(&name);
+        if let Some(target) = layers.overrides.get(&p) {
+            symlink(target, &out)?;
+            continue;
+        }
+        let prefix = format!("{p}/");
         let on_path = module_dirs
             .iter()
-            .any(|d| *d == p || d.starts_with(&format!("{p}/")));
+            .any(|d| *d == p || d.starts_with(&prefix))
+            || layers.overrides.keys().any(|o| o.starts_with(&prefix));
         if on_path {
             std::fs::create_dir(&out).map_err(io("create", &out))?;
             fill(&out, &p, layers, module_dirs)?;
@@ -156,23 +165,19 @@ fn fill(
             kb[0].clone()
         } else if kb.len() >= 2 {
             std::fs::create_dir(&out).map_err(io("create", &out))?;
-            let sub = Layers {
-                kbuild: layers.kbuild,
-                kbuild_only: layers.kbuild_only,
-                src: layers.src,
-            };
-            fill(&out, &p, &sub, module_dirs)?;
+            fill(&out, &p, layers, module_dirs)?;
+            continue;
+        } else if layers.kbuild_only.is_some() && src_exists && src.is_dir() {
+            // A full object dir and the source both have it (e.g. include/): merge.
+            std::fs::create_dir(&out).map_err(io("create", &out))?;
+            merge_two(&out, &kb[0], &src)?;
             continue;
         } else if !src_exists
             || (rel.is_empty() && KBUILD_DIRS.contains(&name.as_str()))
             || name == "include"
+            || ["include", "scripts", "tools"].contains(&p.split('/').next().unwrap_or(""))
         {
             kb[0].clone()
-        } else if layers.kbuild_only.is_some() && src_exists && src.is_dir() && kb[0].is_dir() {
-            // A full object dir and the source both have it (e.g. arch/x86/include): merge.
-            std::fs::create_dir(&out).map_err(io("create", &out))?;
-            merge_two(&out, &kb[0], &src)?;
-            continue;
         } else {
             src
         };
@@ -237,6 +242,8 @@ mod tests {
                 "Makefile",
                 "Module.symvers",
                 "include/generated/autoconf.h",
+                "include/generated/utsrelease.h",
+                "include/linux/module.h",
                 "drivers/net/Kconfig",
                 "scripts/mod/modpost",
             ],
@@ -255,10 +262,15 @@ mod tests {
             ],
         );
         let kb = [k.clone()];
+        let overrides = BTreeMap::from([(
+            "include/generated/autoconf.h".to_string(),
+            t.join("variant/autoconf.h"),
+        )]);
         let layers = Layers {
             kbuild: &kb,
             kbuild_only: None,
             src: &s,
+            overrides: &overrides,
         };
         create(&o, &layers, &BTreeSet::from(["drivers/net".to_string()])).unwrap();
         let link = |p: &str| {
@@ -286,7 +298,19 @@ mod tests {
             link("drivers/base"),
             Some(s.join("drivers/base").to_string())
         );
-        assert_eq!(link("include"), Some(k.join("include").to_string()));
+        assert_eq!(
+            link("include/linux"),
+            Some(k.join("include/linux").to_string())
+        );
+        assert_eq!(
+            link("include/generated/autoconf.h"),
+            Some(t.join("variant/autoconf.h").to_string())
+        );
+        assert_eq!(
+            link("include/generated/utsrelease.h"),
+            Some(k.join("include/generated/utsrelease.h").to_string())
+        );
+        assert!(o.join("include/generated").is_dir() && !o.join("include/generated").is_symlink());
         assert_eq!(link("scripts"), Some(k.join("scripts").to_string()));
         assert_eq!(
             link("Module.symvers"),

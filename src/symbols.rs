@@ -35,6 +35,8 @@ struct Target {
 #[derive(Debug, Default)]
 pub struct Index {
     types: BTreeMap<String, SymType>,
+    /// `depends on` expressions of each symbol, with the enclosing `if` blocks of its file.
+    deps: BTreeMap<String, Vec<String>>,
     by_symbol: BTreeMap<String, Vec<Target>>,
     /// Unconditional `obj-m += x.o` per directory.
     obj_m: BTreeMap<String, Vec<String>>,
@@ -90,10 +92,43 @@ impl Index {
                 .to_string();
             if is_kconfig {
                 let mut current: Option<String> = None;
+                let mut in_config: Option<String> = None;
+                let mut ifs: Vec<String> = Vec::new();
                 for line in text.lines() {
+                    let t = line.trim();
                     if let Some(c) = CONFIG.captures(line) {
                         current = Some(c[1].to_string());
+                        in_config = current.clone();
+                        idx.deps
+                            .entry(c[1].to_string())
+                            .or_default()
+                            .extend(ifs.iter().cloned());
                         continue;
+                    }
+                    if let Some(e) = t
+                        .strip_prefix("if ")
+                        .filter(|_| !line.starts_with(char::is_whitespace))
+                    {
+                        ifs.push(e.split('#').next().unwrap_or("").trim().to_string());
+                        in_config = None;
+                        continue;
+                    }
+                    if t == "endif" || t.starts_with("endif ") || t.starts_with("endif#") {
+                        ifs.pop();
+                        in_config = None;
+                        continue;
+                    }
+                    if !line.starts_with(char::is_whitespace)
+                        && !t.is_empty()
+                        && !t.starts_with('#')
+                    {
+                        in_config = None;
+                    }
+                    if let (Some(sym), Some(e)) = (&in_config, t.strip_prefix("depends on ")) {
+                        idx.deps
+                            .entry(sym.clone())
+                            .or_default()
+                            .push(e.split('#').next().unwrap_or("").trim().to_string());
                     }
                     if let (Some(sym), Some(t)) = (&current, TYPE.captures(line)) {
                         let ty = match &t[1] {
@@ -146,6 +181,50 @@ impl Index {
 
     pub fn sym_type(&self, sym: &str) -> Option<SymType> {
         self.types.get(sym).copied()
+    }
+
+    /// The `depends on` expressions (and enclosing `if`s) of a symbol.
+    pub fn depends(&self, sym: &str) -> &[String] {
+        self.deps.get(sym).map_or(&[], Vec::as_slice)
+    }
+
+    /// Why `sym` could not be enabled: the symbols of its dependencies that are off in `config`,
+    /// followed recursively (`NLMON needs NET_CORE (not set); NET_CORE needs NETDEVICES (not set)`).
+    pub fn unmet_chain(&self, sym: &str, value: &dyn Fn(&str) -> Option<String>) -> Vec<String> {
+        static WORD: LazyLock<Regex> =
+            LazyLock::new(|| Regex::new(r"[A-Za-z_][A-Za-z0-9_]*").unwrap());
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![(sym.to_string(), 0)];
+        while let Some((s, depth)) = todo.pop() {
+            if !seen.insert(s.clone()) || depth > 6 {
+                continue;
+            }
+            for expr in self.depends(&s) {
+                let off: Vec<String> = WORD
+                    .find_iter(expr)
+                    .map(|m| m.as_str().to_string())
+                    .filter(|w| {
+                        !["y", "m", "n"].contains(&w.as_str()) && self.types.contains_key(w)
+                    })
+                    .filter(|w| value(w).is_none_or(|v| v == "n"))
+                    .collect();
+                if off.is_empty() {
+                    continue;
+                }
+                out.push(format!(
+                    "CONFIG_{s} depends on `{expr}`: {} not set",
+                    off.iter()
+                        .map(|w| format!("CONFIG_{w}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                for w in off {
+                    todo.push((w, depth + 1));
+                }
+            }
+        }
+        out
     }
 
     /// Modules (`dir/name.ko`) that `CONFIG_<sym>=m` builds, by the Makefiles' text.
@@ -261,7 +340,9 @@ mod tests {
             ),
             (
                 "fs/Kconfig",
-                "config SQUASHFS\n\ttristate \"squashfs\"\nmenuconfig NLS\n\ttristate \"nls\"\nconfig NET\n\tbool \"net\"\n",
+                "config SQUASHFS\n\ttristate \"squashfs\"\nmenuconfig NLS\n\ttristate \"nls\"\n\
+                 if FOO && BAR\nconfig NET\n\tbool \"net\"\n\tdepends on BAZ # why\nendif\n\
+                 config FOO\n\tbool\nconfig BAR\n\tbool\nconfig BAZ\n\tbool\n",
             ),
         ]);
         assert_eq!(idx.modules("NLS"), ["fs/nls/nls_base.ko"]);
@@ -272,5 +353,14 @@ mod tests {
         assert_eq!(idx.sym_type("NLS"), Some(SymType::Tristate));
         assert_eq!(idx.sym_type("NET"), Some(SymType::Bool));
         assert_eq!(idx.sym_type("NOPE"), None);
+        assert_eq!(idx.depends("NET"), ["FOO && BAR", "BAZ"]);
+        let chain = idx.unmet_chain("NET", &|s| (s == "BAR").then(|| "y".to_string()));
+        assert_eq!(
+            chain,
+            [
+                "CONFIG_NET depends on `FOO && BAR`: CONFIG_FOO not set",
+                "CONFIG_NET depends on `BAZ`: CONFIG_BAZ not set"
+            ]
+        );
     }
 }

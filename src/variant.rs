@@ -1,0 +1,578 @@
+//! Configuration variants: the kernel's own Kconfig (`scripts/kconfig/conf` of a tree made by
+//! `extmod kbuild-install`) run on the base `.config` plus a package's settings, into a directory
+//! of extmod's, never into the Kbuild tree. The difference from the base is classified:
+//!
+//! - **module-local**: new `=m` symbols, and `=y`/value sub-options referenced only inside the
+//!   directories of the modules being built;
+//! - **kernel-affecting**: any other change of a `=y`, string, int or hex symbol (built-in code,
+//!   struct layouts, global flags);
+//! - **toolchain drift**: what Kconfig recomputes differently from the base even with no request
+//!   (compiler, assembler, linker, pahole versions and capabilities of this machine);
+//! - **not applied**: a request Kconfig did not take, with the reason.
+//!
+//! Variants are cached by their inputs under the object directory.
+
+use crate::error::Error;
+use crate::kbuild::KbuildTree;
+use crate::package::KconfigReq;
+use crate::symbols::{Index, SymType};
+use camino::{Utf8Path, Utf8PathBuf};
+use kbuild_install::kconfig::{ConfOutputs, run_conf};
+use kbuild_install::{Error as KError, Manifest};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+const FORMAT: u32 = 1;
+const REPORT: &str = "variant.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    ModuleLocal,
+    KernelAffecting,
+    ToolchainDrift,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Change {
+    pub symbol: String,
+    pub old: Option<String>,
+    pub new: Option<String>,
+    pub class: Class,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NotApplied {
+    pub request: String,
+    pub got: Option<String>,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Variant {
+    pub format: u32,
+    pub dir: Utf8PathBuf,
+    pub requests: Vec<String>,
+    pub changes: Vec<Change>,
+    pub drift: Vec<Change>,
+    pub not_applied: Vec<NotApplied>,
+    /// Symbols newly `=m` (their modules must be built with the package).
+    pub new_modules: Vec<String>,
+}
+
+impl Variant {
+    pub fn kernel_affecting(&self) -> Vec<&Change> {
+        self.changes
+            .iter()
+            .filter(|c| c.class == Class::KernelAffecting)
+            .collect()
+    }
+}
+
+/// `CONFIG_X=v` lines of an auto.conf/.config into a map (without the prefix).
+pub fn parse_config(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("CONFIG_"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn diff(
+    a: &BTreeMap<String, String>,
+    b: &BTreeMap<String, String>,
+) -> Vec<(String, Option<String>, Option<String>)> {
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| (k.clone(), a.get(k).cloned(), b.get(k).cloned()))
+        .collect()
+}
+
+fn hash(parts: &[&[u8]]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    format!("{:x}", h.finalize())
+}
+
+pub struct Inputs<'a> {
+    pub k: &'a KbuildTree,
+    pub src: Option<&'a Utf8Path>,
+    pub index: Option<&'a Index>,
+    pub srcarch: &'a str,
+    /// Directories of the modules the variant is for (relative to the tree).
+    pub module_dirs: &'a [String],
+    pub cache: &'a Utf8Path,
+}
+
+fn io<'a>(action: &'static str, p: &'a Utf8Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |e| Error::Kbuild(KError::io(action, p, e))
+}
+
+/// The manifest of a tree that can make variants (made by `extmod kbuild-install`).
+pub fn variant_manifest(k: &KbuildTree) -> Result<Manifest, Error> {
+    let m = Manifest::load(&k.path).map_err(|_| Error::NoKconfig(k.path.clone()))?;
+    if !k.path.join("scripts/kconfig/conf").is_file() || !k.path.join("Kconfig").is_file() {
+        return Err(Error::NoKconfig(k.path.clone()));
+    }
+    Ok(m)
+}
+
+/// Run Kconfig on `.config` text into `dir` (olddefconfig, then syncconfig for auto.conf).
+fn kconfig(k: &KbuildTree, m: &Manifest, config: &str, dir: &Utf8Path) -> Result<(), Error> {
+    let outs = ConfOutputs {
+        dir: dir.to_owned(),
+    };
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    std::fs::write(outs.config(), config).map_err(io("write", dir))?;
+    run_conf(&k.path, m, &outs, "olddefconfig")?;
+    run_conf(&k.path, m, &outs, "syncconfig")?;
+    Ok(())
+}
+
+/// The base configuration recomputed on this machine (cached): its difference from the base
+/// auto.conf is toolchain drift.
+fn base_recomputed(inp: &Inputs, m: &Manifest) -> Result<BTreeMap<String, String>, Error> {
+    let env = serde_json::to_vec(&m.toolchain_env).expect("serializes");
+    let key = hash(&[
+        inp.k.identity.as_bytes(),
+        &env,
+        inp.k.path.as_str().as_bytes(),
+    ]);
+    let dir = inp.cache.join(format!("base-{}", &key[..16]));
+    let auto = dir.join("include/config/auto.conf");
+    if !auto.is_file() {
+        let config =
+            std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
+        let tmp = tempfile::Builder::new()
+            .prefix(".base-")
+            .tempdir_in(inp.cache)
+            .map_err(io("create", inp.cache))?;
+        let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
+        kconfig(inp.k, m, &config, &t)?;
+        let _ = std::fs::rename(tmp.keep(), &dir);
+    }
+    Ok(parse_config(
+        &std::fs::read_to_string(&auto).map_err(io("read", &auto))?,
+    ))
+}
+
+/// `.config` text with the requests applied.
+fn apply(config: &str, sets: &[KconfigReq]) -> String {
+    let names: BTreeSet<String> = sets.iter().map(|r| r.symbol.clone()).collect();
+    let mut out: String = config
+        .lines()
+        .filter(|l| {
+            let sym = l
+                .strip_prefix("CONFIG_")
+                .and_then(|r| r.split('=').next())
+                .or_else(|| {
+                    l.strip_prefix("# CONFIG_")
+                        .and_then(|r| r.strip_suffix(" is not set"))
+                });
+            sym.is_none_or(|s| !names.contains(s))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    for r in sets {
+        match r.value.as_deref().unwrap_or("m") {
+            "n" => out.push_str(&format!("# CONFIG_{} is not set\n", r.symbol)),
+            v => out.push_str(&format!("CONFIG_{}={v}\n", r.symbol)),
+        }
+    }
+    out
+}
+
+/// Files (relative to the source tree) that reference each symbol (`CONFIG_X` or
+/// `CONFIG_X_MODULE`) in C, assembler and Makefiles of this architecture.
+fn references(
+    src: &Utf8Path,
+    srcarch: &str,
+    syms: &[String],
+) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
+    let mut out: BTreeMap<String, BTreeSet<String>> =
+        syms.iter().map(|s| (s.clone(), BTreeSet::new())).collect();
+    if syms.is_empty() {
+        return Ok(out);
+    }
+    let pattern = format!("CONFIG_({})(_MODULE)?", syms.join("|"));
+    let expr = duct::cmd!(
+        "grep",
+        "-rHowE",
+        "--include=*.[chS]",
+        "--include=Makefile*",
+        "--include=Kbuild*",
+        "--exclude-dir=Documentation",
+        "--exclude-dir=tools",
+        "--exclude-dir=samples",
+        "--exclude-dir=scripts",
+        &pattern,
+        "."
+    )
+    .dir(src);
+    let fin = kbuild_install::process::run(expr, "grep for CONFIG references", true)?;
+    for line in fin.stdout.lines() {
+        let Some((file, word)) = line.rsplit_once(':') else {
+            continue;
+        };
+        let file = file.trim_start_matches("./");
+        if let Some(rest) = file.strip_prefix("arch/")
+            && !rest.starts_with(&format!("{srcarch}/"))
+        {
+            continue;
+        }
+        let sym = word.trim_start_matches("CONFIG_");
+        let sym = if out.contains_key(sym) {
+            sym
+        } else {
+            sym.trim_end_matches("_MODULE")
+        };
+        if let Some(set) = out.get_mut(sym) {
+            set.insert(file.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Where the variant for `sets` is cached: keyed by the Kbuild tree, the toolchain environment,
+/// the source tree and the requests.
+fn location(
+    k: &KbuildTree,
+    m: &Manifest,
+    src: Option<&Utf8Path>,
+    sets: &[KconfigReq],
+    cache: &Utf8Path,
+) -> (Utf8PathBuf, Vec<String>, Vec<KconfigReq>) {
+    let mut sorted = sets.to_vec();
+    sorted.sort();
+    let requests: Vec<String> = sorted.iter().map(|r| r.to_string()).collect();
+    let env = serde_json::to_vec(&m.toolchain_env).expect("serializes");
+    let key = hash(&[
+        k.identity.as_bytes(),
+        k.path.as_str().as_bytes(),
+        &env,
+        requests.join(" ").as_bytes(),
+        src.map_or("", |s| s.as_str()).as_bytes(),
+        env!("CARGO_PKG_VERSION").as_bytes(),
+        &FORMAT.to_le_bytes(),
+    ]);
+    (cache.join(&key[..24]), requests, sorted)
+}
+
+fn load(dir: &Utf8Path) -> Option<Variant> {
+    let text = std::fs::read_to_string(dir.join(REPORT)).ok()?;
+    serde_json::from_str::<Variant>(&text)
+        .ok()
+        .filter(|v| v.format == FORMAT)
+}
+
+/// The cached variant for `sets`, if it was made before.
+pub fn cached(
+    k: &KbuildTree,
+    src: Option<&Utf8Path>,
+    sets: &[KconfigReq],
+    cache: &Utf8Path,
+) -> Option<Variant> {
+    let m = variant_manifest(k).ok()?;
+    load(&location(k, &m, src, sets, cache).0)
+}
+
+/// Generate (or reuse) the variant for `sets`.
+pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
+    let m = variant_manifest(inp.k)?;
+    std::fs::create_dir_all(inp.cache).map_err(io("create", inp.cache))?;
+    let (dir, requests, sorted) = location(inp.k, &m, inp.src, sets, inp.cache);
+    if let Some(v) = load(&dir) {
+        return Ok(v);
+    }
+    let base_orig = parse_config(&inp.k.auto_conf);
+    let base = base_recomputed(inp, &m)?;
+    let config =
+        std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".variant-")
+        .tempdir_in(inp.cache)
+        .map_err(io("create", inp.cache))?;
+    let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
+    kconfig(inp.k, &m, &apply(&config, &sorted), &t)?;
+    let variant = parse_config(
+        &std::fs::read_to_string(t.join("include/config/auto.conf")).map_err(io("read", &t))?,
+    );
+
+    let drift: Vec<Change> = diff(&base_orig, &base)
+        .into_iter()
+        .map(|(symbol, old, new)| Change {
+            why: "recomputed by this machine's toolchain without any request".into(),
+            symbol,
+            old,
+            new,
+            class: Class::ToolchainDrift,
+        })
+        .collect();
+    let drifted: BTreeSet<&String> = drift.iter().map(|c| &c.symbol).collect();
+    let raw = diff(&base, &variant);
+    let new_modules: Vec<String> = raw
+        .iter()
+        .filter(|(_, o, n)| o.is_none() && n.as_deref() == Some("m"))
+        .map(|(s, _, _)| s.clone())
+        .collect();
+
+    // Directories the package's modules live in: given, plus those of new modules.
+    let mut dirs: BTreeSet<String> = inp.module_dirs.iter().cloned().collect();
+    if let Some(index) = inp.index {
+        for s in &new_modules {
+            for m in index.modules(s) {
+                dirs.insert(crate::symbols::module_dir(&m).to_string());
+            }
+        }
+    }
+    let ty = |s: &str| inp.index.and_then(|i| i.sym_type(s));
+    let needs_refs: Vec<String> = raw
+        .iter()
+        .filter(|(s, o, n)| {
+            !drifted.contains(s)
+                && !(o.is_none() && n.as_deref() == Some("m"))
+                && !(o.as_deref() == Some("m") && n.is_none())
+                && ty(s) != Some(SymType::Tristate)
+        })
+        .map(|(s, _, _)| s.clone())
+        .collect();
+    let refs = match inp.src {
+        Some(src) => Some(references(src, inp.srcarch, &needs_refs)?),
+        None => None,
+    };
+    let mut changes = Vec::new();
+    for (symbol, old, new) in raw {
+        if drifted.contains(&symbol) {
+            continue;
+        }
+        let (class, why) = if old.is_none() && new.as_deref() == Some("m") {
+            (Class::ModuleLocal, "new module".to_string())
+        } else if old.as_deref() == Some("m") && new.is_none() {
+            (Class::ModuleLocal, "module no longer built".to_string())
+        } else if ty(&symbol) == Some(SymType::Tristate) {
+            (
+                Class::KernelAffecting,
+                "a tristate built into the kernel (=y) changes vmlinux".to_string(),
+            )
+        } else {
+            match refs
+                .as_ref()
+                .map(|r| r.get(&symbol).cloned().unwrap_or_default())
+            {
+                None => (
+                    Class::KernelAffecting,
+                    "no source tree given to check where it is used".to_string(),
+                ),
+                Some(files) if files.is_empty() => (
+                    Class::ModuleLocal,
+                    "not referenced by any C file or Makefile".to_string(),
+                ),
+                Some(files) => {
+                    let outside: Vec<&String> = files
+                        .iter()
+                        .filter(|f| !dirs.iter().any(|d| f.starts_with(&format!("{d}/"))))
+                        .collect();
+                    if outside.is_empty() {
+                        (
+                            Class::ModuleLocal,
+                            format!(
+                                "used only in {}",
+                                dirs.iter().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        )
+                    } else {
+                        let shown: Vec<&str> = outside.iter().take(3).map(|s| s.as_str()).collect();
+                        let more = if outside.len() > 3 {
+                            format!(" and {} more", outside.len() - 3)
+                        } else {
+                            String::new()
+                        };
+                        (
+                            Class::KernelAffecting,
+                            format!(
+                                "used outside the module's directories: {}{more}",
+                                shown.join(", ")
+                            ),
+                        )
+                    }
+                }
+            }
+        };
+        changes.push(Change {
+            symbol,
+            old,
+            new,
+            class,
+            why,
+        });
+    }
+
+    let mut not_applied = Vec::new();
+    for r in &sorted {
+        let want = r.value.clone().unwrap_or_else(|| "m".into());
+        let got = variant.get(&r.symbol).cloned();
+        let ok = if want == "n" {
+            got.is_none()
+        } else {
+            got.as_deref() == Some(want.as_str())
+        };
+        if ok {
+            continue;
+        }
+        let t = ty(&r.symbol);
+        let why = if t.is_none() && !variant.contains_key(&r.symbol) && inp.index.is_some() {
+            format!("CONFIG_{} is not a Kconfig symbol of this kernel", r.symbol)
+        } else if want == "m" && t == Some(SymType::Bool) {
+            format!(
+                "CONFIG_{} is a bool option: it cannot be a module (=m); ask for =y",
+                r.symbol
+            )
+        } else if want == "m" && got.as_deref() == Some("y") {
+            format!(
+                "CONFIG_{} stays =y: a `select` from built-in code (or a =y dependency) forces it into vmlinux, so it cannot be a module of this kernel",
+                r.symbol
+            )
+        } else if let Some(index) = inp.index {
+            let chain = index.unmet_chain(&r.symbol, &|s| variant.get(s).cloned());
+            if chain.is_empty() {
+                "Kconfig did not apply it (a `select`, a choice or a range decided otherwise)"
+                    .to_string()
+            } else {
+                format!("unmet dependencies: {}", chain.join("; "))
+            }
+        } else {
+            "Kconfig did not apply it (unmet dependencies)".to_string()
+        };
+        not_applied.push(NotApplied {
+            request: r.to_string(),
+            got,
+            why,
+        });
+    }
+
+    let v = Variant {
+        format: FORMAT,
+        dir: dir.clone(),
+        requests,
+        changes,
+        drift,
+        not_applied,
+        new_modules,
+    };
+    let report = t.join(REPORT);
+    std::fs::write(
+        &report,
+        serde_json::to_string_pretty(&v).expect("serializes"),
+    )
+    .map_err(io("write", &report))?;
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::rename(tmp.keep(), &dir).map_err(io("rename into place", &dir))?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_replace_base_lines() {
+        let base = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=m\n";
+        let sets = [
+            KconfigReq::parse("CONFIG_B").unwrap(),
+            KconfigReq::parse("A=n").unwrap(),
+        ];
+        let out = apply(base, &sets);
+        assert_eq!(out, "CONFIG_C=m\nCONFIG_B=m\n# CONFIG_A is not set\n");
+    }
+
+    #[test]
+    fn diff_lists_changed_symbols() {
+        let a = parse_config("CONFIG_A=y\nCONFIG_B=m\n");
+        let b = parse_config("CONFIG_A=y\nCONFIG_C=m\n");
+        assert_eq!(
+            diff(&a, &b),
+            [
+                ("B".to_string(), Some("m".to_string()), None),
+                ("C".to_string(), None, Some("m".to_string()))
+            ]
+        );
+    }
+}
+
+/// Copy a variant's outputs into `out` (which must not be inside the Kbuild or source tree).
+pub fn export(v: &Variant, out: &Utf8Path) -> Result<(), Error> {
+    for rel in [
+        ".config",
+        "include/config/auto.conf",
+        "include/generated/autoconf.h",
+        "include/generated/rustc_cfg",
+    ] {
+        let from = v.dir.join(rel);
+        let to = out.join(rel);
+        std::fs::create_dir_all(to.parent().expect("has a parent")).map_err(io("create", out))?;
+        if from.is_file() {
+            std::fs::copy(&from, &to).map_err(io("copy", &from))?;
+        }
+    }
+    // The per-symbol files of include/config/ (fixdep's dependencies).
+    let cfg = v.dir.join("include/config");
+    for e in walkdir::WalkDir::new(&cfg)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        if let Ok(rel) = e.path().strip_prefix(&cfg)
+            && let Some(rel) = rel.to_str()
+        {
+            let to = out.join("include/config").join(rel);
+            if e.file_type().is_dir() {
+                std::fs::create_dir_all(&to).map_err(io("create", &to))?;
+            } else if !to.exists() {
+                std::fs::copy(e.path(), &to).map_err(io("copy", &to))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Human-readable classification.
+pub fn report_lines(v: &Variant) -> Vec<String> {
+    let mut out = Vec::new();
+    let show = |c: &Change| {
+        format!(
+            "CONFIG_{} {} -> {}: {}",
+            c.symbol,
+            c.old.as_deref().unwrap_or("n"),
+            c.new.as_deref().unwrap_or("n"),
+            c.why
+        )
+    };
+    for (class, label) in [
+        (Class::ModuleLocal, "Local"),
+        (Class::KernelAffecting, "Kernel"),
+    ] {
+        for c in v.changes.iter().filter(|c| c.class == class) {
+            out.push(format!("{label:>12} {}", show(c)));
+        }
+    }
+    for c in &v.drift {
+        out.push(format!("{:>12} {}", "Toolchain", show(c)));
+    }
+    for n in &v.not_applied {
+        out.push(format!("{:>12} {}: {}", "Not applied", n.request, n.why));
+    }
+    if v.changes.is_empty() && v.not_applied.is_empty() {
+        out.push(format!(
+            "{:>12} the base configuration already has it",
+            "Unchanged"
+        ));
+    }
+    out
+}
