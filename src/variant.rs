@@ -335,10 +335,9 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     let needs_refs: Vec<String> = raw
         .iter()
         .filter(|(s, o, n)| {
-            !drifted.contains(s)
-                && !(o.is_none() && n.as_deref() == Some("m"))
-                && !(o.as_deref() == Some("m") && n.is_none())
-                && ty(s) != Some(SymType::Tristate)
+            let module_only = (o.is_none() && n.as_deref() == Some("m"))
+                || (o.as_deref() == Some("m") && n.is_none());
+            !(drifted.contains(s) || module_only || ty(s) == Some(SymType::Tristate))
         })
         .map(|(s, _, _)| s.clone())
         .collect();
@@ -478,35 +477,6 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     Ok(v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn requests_replace_base_lines() {
-        let base = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=m\n";
-        let sets = [
-            KconfigReq::parse("CONFIG_B").unwrap(),
-            KconfigReq::parse("A=n").unwrap(),
-        ];
-        let out = apply(base, &sets);
-        assert_eq!(out, "CONFIG_C=m\nCONFIG_B=m\n# CONFIG_A is not set\n");
-    }
-
-    #[test]
-    fn diff_lists_changed_symbols() {
-        let a = parse_config("CONFIG_A=y\nCONFIG_B=m\n");
-        let b = parse_config("CONFIG_A=y\nCONFIG_C=m\n");
-        assert_eq!(
-            diff(&a, &b),
-            [
-                ("B".to_string(), Some("m".to_string()), None),
-                ("C".to_string(), None, Some("m".to_string()))
-            ]
-        );
-    }
-}
-
 /// Copy a variant's outputs into `out` (which must not be inside the Kbuild or source tree).
 pub fn export(v: &Variant, out: &Utf8Path) -> Result<(), Error> {
     for rel in [
@@ -575,4 +545,33 @@ pub fn report_lines(v: &Variant) -> Vec<String> {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_replace_base_lines() {
+        let base = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=m\n";
+        let sets = [
+            KconfigReq::parse("CONFIG_B").unwrap(),
+            KconfigReq::parse("A=n").unwrap(),
+        ];
+        let out = apply(base, &sets);
+        assert_eq!(out, "CONFIG_C=m\nCONFIG_B=m\n# CONFIG_A is not set\n");
+    }
+
+    #[test]
+    fn diff_lists_changed_symbols() {
+        let a = parse_config("CONFIG_A=y\nCONFIG_B=m\n");
+        let b = parse_config("CONFIG_A=y\nCONFIG_C=m\n");
+        assert_eq!(
+            diff(&a, &b),
+            [
+                ("B".to_string(), Some("m".to_string()), None),
+                ("C".to_string(), None, Some("m".to_string()))
+            ]
+        );
+    }
 }
