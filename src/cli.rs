@@ -90,8 +90,9 @@ Passing CONFIG_X=m on make's command line is not a variant: C code reads autocon
 `select`, sub-option or default is applied. A variant is what the kernel's build would see.
 
 The difference from the base is classified:
-  module-local       new =m symbols; =y/value sub-options used only inside the modules'
-                     directories (e.g. CONFIG_SQUASHFS_XZ=y for squashfs)
+  module-local       new =m symbols; =y/value sub-options used only inside the directories of
+                     the modules requested (e.g. --set CONFIG_SQUASHFS=m --set
+                     CONFIG_SQUASHFS_XZ=y: name the module's own symbol too)
   kernel-affecting   any other change of a =y, string, int or hex symbol: built-in code, struct
                      layouts, global flags; a module built with it may not match the kernel
   toolchain drift    what Kconfig recomputes differently on this machine with no request at all

@@ -1,0 +1,252 @@
+//! Configuration variants on the real test kernel: modules the base config did not enable,
+//! module-local sub-options, and the refusals that keep the kernel unchanged.
+
+mod common;
+
+use assert_cmd::Command;
+use common::qemu::{Initramfs, boot};
+use common::{fingerprint, test_kernel};
+use object::{Object, ObjectSymbol};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+fn extmod() -> Command {
+    Command::cargo_bin("extmod").unwrap()
+}
+
+fn kbuild() -> &'static Path {
+    static K: OnceLock<PathBuf> = OnceLock::new();
+    K.get_or_init(|| {
+        let tk = test_kernel();
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("kbuild-variant-{}", std::process::id()));
+        extmod()
+            .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
+            .arg(&tk.src)
+            .arg("--objtree")
+            .arg(&tk.obj)
+            .arg(&dest)
+            .assert()
+            .success();
+        dest
+    })
+}
+
+fn build(d: &Path, out: &Path, args: &[&str]) -> (i32, Value, String) {
+    let tk = test_kernel();
+    let o = extmod()
+        .arg("build")
+        .arg("--kbuild")
+        .arg(kbuild())
+        .arg("--srctree")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(d)
+        .arg("-O")
+        .arg(out)
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let doc = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    (
+        o.status.code().unwrap(),
+        doc,
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn package<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap()
+}
+
+fn has_symbol(ko: &Path, name: &str) -> bool {
+    let data = std::fs::read(ko).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    file.symbols().any(|s| s.name() == Ok(name))
+}
+
+/// Build a one-file external module against `tree`; Ok when it compiles.
+fn probe(tree: &Path, dir: &Path, code: &str) -> Result<(), String> {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("probe.c"), code).unwrap();
+    std::fs::write(dir.join("Kbuild"), "obj-m := probe.o\n").unwrap();
+    let o = std::process::Command::new("make")
+        .arg("-C")
+        .arg(tree)
+        .arg(format!("M={}", dir.display()))
+        .args(["ARCH=x86", "modules"])
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+const PROBE: &str = "#include <linux/module.h>\n#if !IS_ENABLED(CONFIG_NLMON)\n#error CONFIG_NLMON is off\n#endif\nMODULE_LICENSE(\"GPL\");\n";
+
+#[test]
+fn nlmon_builds_through_a_variant_and_loads() {
+    let tk = test_kernel();
+    let k = kbuild();
+    let k_before = fingerprint(k);
+    let tmp = common::tempdir("extmod-variant-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let (code, doc, err) = build(&d, &out, &["CONFIG_NLMON=m"]);
+    assert_eq!(code, 0, "{err}");
+    let p = package(&doc, "CONFIG_NLMON");
+    assert_eq!(p["status"], "built", "{p}");
+    assert_eq!(p["modules"][0], "drivers/net/nlmon.ko");
+
+    // The module's C code saw the variant: IS_ENABLED(CONFIG_NLMON) is true in its overlay,
+    // and false against the base tree (the probe can fail).
+    probe(
+        &d.join("CONFIG_NLMON/tree"),
+        &tmp.path().join("probe-variant"),
+        PROBE,
+    )
+    .unwrap();
+    let base = probe(k, &tmp.path().join("probe-base"), PROBE).unwrap_err();
+    assert!(base.contains("CONFIG_NLMON is off"), "{base}");
+
+    // The real kernel loads it.
+    let ko = out
+        .join("CONFIG_NLMON/lib/modules")
+        .join(tk.release())
+        .join("kernel/drivers/net/nlmon.ko");
+    let image = Initramfs::new()
+        .module(&ko, "kernel/drivers/net/nlmon.ko")
+        .script("depmod\nmodprobe nlmon\nlsmod\nip link add nlmon0 type nlmon\ntest -e /sys/class/net/nlmon0\n");
+    let r = boot(
+        &tk.bzimage(),
+        &image.build(&tmp.path().join("boot")),
+        Duration::from_secs(90),
+    );
+    r.assert_ok();
+    assert!(
+        r.script_output().lines().any(|l| l.starts_with("nlmon ")),
+        "{}",
+        r.script_output()
+    );
+
+    // The same request again is a cached variant and a fresh package.
+    let (code, doc, _) = build(&d, &out, &["CONFIG_NLMON=m"]);
+    assert_eq!(code, 0);
+    assert_eq!(package(&doc, "CONFIG_NLMON")["status"], "fresh");
+    assert_eq!(fingerprint(k), k_before, "the Kbuild tree was modified");
+}
+
+#[test]
+fn module_local_sub_option_builds_and_differs() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-variant-sub-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let pf = tmp.path().join("p.toml");
+    std::fs::write(&pf, "[[package]]\nname = \"kmod-fs-squashfs\"\nkconfig = [\"CONFIG_SQUASHFS\", \"CONFIG_SQUASHFS_XZ=y\"]\n").unwrap();
+    let (code, doc, err) = build(&d, &out, &["--packages", pf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(package(&doc, "kmod-fs-squashfs")["status"], "built");
+    let ours = out
+        .join("kmod-fs-squashfs/lib/modules")
+        .join(tk.release())
+        .join("kernel/fs/squashfs/squashfs.ko");
+    // The XZ wrapper calls the kernel's XZ decoder only when SQUASHFS_XZ is on.
+    assert!(
+        has_symbol(&ours, "xz_dec_run"),
+        "the XZ decompressor is missing"
+    );
+    assert!(!has_symbol(
+        &tk.obj.join("fs/squashfs/squashfs.ko"),
+        "xz_dec_run"
+    ));
+
+    // `extmod variant` classifies it as module-local.
+    let o = extmod()
+        .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+        .args(["variant", "--json", "--kbuild"])
+        .arg(kbuild())
+        .arg("--srctree")
+        .arg(&tk.src)
+        .args([
+            "--set",
+            "CONFIG_SQUASHFS=m",
+            "--set",
+            "CONFIG_SQUASHFS_XZ=y",
+            "--out",
+        ])
+        .arg(tmp.path().join("v"))
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let c = v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["symbol"] == "SQUASHFS_XZ")
+        .unwrap();
+    assert_eq!(c["class"], "module-local", "{v}");
+    assert_eq!(
+        v["drift"].as_array().unwrap().len(),
+        0,
+        "toolchain drift on the machine that built the kernel: {v}"
+    );
+    let h = std::fs::read_to_string(tmp.path().join("v/include/generated/autoconf.h")).unwrap();
+    assert!(h.contains("#define CONFIG_SQUASHFS_XZ 1"));
+    assert!(
+        tmp.path().join("v/.config").is_file()
+            && tmp.path().join("v/include/config/auto.conf").is_file()
+    );
+}
+
+#[test]
+fn kernel_affecting_and_impossible_requests_are_refused() {
+    let tmp = common::tempdir("extmod-variant-bad-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let cases: [(&str, i32, &[&str]); 4] = [
+        // Built in: Kconfig keeps it =y (selected by built-in code); refused before make runs.
+        ("CONFIG_CRC32=m", 27, &["CONFIG_CRC32 stays =y"]),
+        // A built-in option used outside the module: the kmod-b43 / HW_RANDOM case.
+        (
+            "CONFIG_HW_RANDOM=y",
+            28,
+            &["changes the kernel itself", "CONFIG_HW_RANDOM n -> y"],
+        ),
+        (
+            "CONFIG_USB_NET_CDCETHER=m",
+            27,
+            &["unmet dependencies", "CONFIG_USB not set"],
+        ),
+        (
+            "CONFIG_SQUASHFS_XZ=m",
+            27,
+            &["is a bool option: it cannot be a module"],
+        ),
+    ];
+    for (req, want, texts) in cases {
+        let (code, doc, err) = build(&d, &out, &[req]);
+        assert_eq!(code, want, "{req}: {err}");
+        let p = &doc["packages"][0];
+        assert_eq!(p["status"], "refused");
+        let cause = p["refusal"]["cause"].as_str().unwrap();
+        for t in texts {
+            assert!(cause.contains(t), "{req}: `{t}` not in: {cause}");
+        }
+        assert!(
+            p["commands"].as_array().unwrap().is_empty(),
+            "make ran for {req}"
+        );
+    }
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+}
