@@ -39,6 +39,11 @@ pub enum Command {
     /// Generate a configuration variant with the kernel's own Kconfig and classify the change.
     #[command(long_about = VARIANT_LONG_ABOUT)]
     Variant(VariantArgs),
+    /// Which modules a CONFIG symbol builds (or which symbols build a module), and what gates them.
+    #[command(long_about = WHICH_LONG_ABOUT)]
+    Which(WhichArgs),
+    /// The whole symbol -> module table for every tristate symbol.
+    Map(MapArgs),
     /// Write the man pages (extmod.1 and one per subcommand) into a directory.
     Man {
         /// Output directory.
@@ -103,6 +108,52 @@ The difference from the base is classified:
 Variants are cached by their inputs; asking again costs almost nothing. Exit code 0 when every
 request applied and nothing is kernel-affecting, 27 when a request was not applied, 28 when the
 variant is kernel-affecting.";
+
+pub const WHICH_LONG_ABOUT: &str = "\
+Which modules does CONFIG_X build, and what does it need?
+
+For each symbol: its Kconfig type (tristate symbols can be modules; bool options gate code in
+vmlinux), its value in the base configuration of K, the modules (.ko paths relative to the tree)
+it builds when set to m, the objects of each module (composite `foo-y := a.o b.o` parts, with the
+option that adds optional ones), and the gating chain: every parent directory's
+`obj-$(CONFIG_P) += dir/` line that must be enabled for Kbuild to enter the module's directory.
+
+Answers come from a textual index of the kernel's Kconfig files and Makefiles (cached; rebuilt
+when one of them changes). Lines inside make conditionals (ifeq/ifdef) are marked uncertain.
+
+With --module drivers/net/dummy.ko (or just dummy): the symbols that build that module.";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct WhichArgs {
+    /// Kbuild tree (K), for the base configuration's values.
+    #[arg(long, short = 'K', value_name = "K")]
+    pub kbuild: camino::Utf8PathBuf,
+    /// Kernel source tree (S) whose Kconfig files and Makefiles are read.
+    #[arg(long, short = 'S', value_name = "S")]
+    pub srctree: camino::Utf8PathBuf,
+    /// Symbols to look up (CONFIG_X or X).
+    #[arg(value_name = "CONFIG_X")]
+    pub symbols: Vec<String>,
+    /// The reverse question: which symbols build this module (path or name).
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MapArgs {
+    /// Kbuild tree (K), for the base configuration's values.
+    #[arg(long, short = 'K', value_name = "K")]
+    pub kbuild: camino::Utf8PathBuf,
+    /// Kernel source tree (S) whose Kconfig files and Makefiles are read.
+    #[arg(long, short = 'S', value_name = "S")]
+    pub srctree: camino::Utf8PathBuf,
+    /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct VariantArgs {

@@ -80,8 +80,9 @@ struct Ctx {
 
 impl Ctx {
     fn index(&self) -> &Index {
-        self.index
-            .get_or_init(|| Index::build(&self.src.path, &self.srcarch))
+        self.index.get_or_init(|| {
+            Index::cached(&self.src.path, &self.srcarch, &crate::cache::dir("index"))
+        })
     }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)

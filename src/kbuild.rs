@@ -29,6 +29,8 @@ pub struct KbuildTree {
     pub make_vars: Vec<String>,
     /// `include/config/auto.conf`.
     pub auto_conf: String,
+    /// Its values by symbol (without `CONFIG_`).
+    values: std::collections::HashMap<String, String>,
     /// Relative `.o` paths of the modules the base build made, when the tree records them.
     pub modules_order: Option<Vec<String>>,
     /// Directories whose entries make up the tree, highest priority first (one for most kinds;
@@ -70,10 +72,11 @@ impl KbuildTree {
         } else {
             Kind::InstallExtmodBuild
         };
-        if !layers
+        let has_build = layers
             .iter()
             .any(|l| l.join("scripts/Makefile.build").is_file())
-        {
+            || (kind == Kind::ObjTree && path.join("source/scripts/Makefile.build").is_file());
+        if !has_build {
             return Err(not());
         }
         let make_vars = match &manifest {
@@ -100,12 +103,18 @@ impl KbuildTree {
         h.update(auto_conf.as_bytes());
         h.update(&symvers);
         h.update(make_vars.join(" ").as_bytes());
+        let values = auto_conf
+            .lines()
+            .filter_map(|l| l.strip_prefix("CONFIG_")?.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Ok(KbuildTree {
             path,
             kind,
             kernelrelease,
             make_vars,
             auto_conf,
+            values,
             modules_order,
             layers,
             identity: format!("{:x}", h.finalize()),
@@ -114,7 +123,8 @@ impl KbuildTree {
 
     /// The base value of a symbol (`y`, `m`, a string or number), `None` when unset.
     pub fn value(&self, sym: &str) -> Option<&str> {
-        config_value(&self.auto_conf, sym)
+        let sym = sym.strip_prefix("CONFIG_").unwrap_or(sym);
+        self.values.get(sym).map(String::as_str)
     }
 
     /// Whether the base build made `<rel>.ko` (`None`: the tree does not say).

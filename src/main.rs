@@ -1,5 +1,6 @@
 //! extmod: build kernel modules for an already-built kernel, one package at a time.
 
+mod cache;
 mod cli;
 mod engine;
 mod error;
@@ -10,9 +11,10 @@ mod package;
 mod reporter;
 mod symbols;
 mod variant;
+mod which;
 
 use clap::{CommandFactory, Parser};
-use cli::{BuildArgs, Cli, Command, VariantArgs};
+use cli::{BuildArgs, Cli, Command, MapArgs, VariantArgs, WhichArgs};
 use error::{Error, code};
 use events::Status;
 use std::process::ExitCode;
@@ -22,6 +24,14 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::KbuildInstall(args) => kbuild_install::cli::run("extmod", &args),
         Command::Build(args) => build(&args),
+        Command::Which(args) => match which_cmd(&args) {
+            Ok(code) => code,
+            Err(e) => report_error(&e),
+        },
+        Command::Map(args) => match map_cmd(&args) {
+            Ok(code) => code,
+            Err(e) => report_error(&e),
+        },
         Command::Variant(args) => match variant_cmd(&args) {
             Ok(code) => code,
             Err(e) => report_error(&e),
@@ -159,14 +169,131 @@ fn variant_done(v: &variant::Variant, args: &VariantArgs) -> Result<u8, Error> {
     })
 }
 
-/// Where `extmod variant` caches variants: `$XDG_CACHE_HOME/extmod/variants` (or ~/.cache).
+/// Where `extmod variant` caches variants.
 fn variant_cache() -> Result<camino::Utf8PathBuf, Error> {
-    let base = std::env::var("XDG_CACHE_HOME")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::env::var("HOME").ok().map(|h| format!("{h}/.cache")))
-        .unwrap_or_else(|| "/tmp".into());
-    Ok(camino::Utf8PathBuf::from(base).join("extmod/variants"))
+    Ok(cache::dir("variants"))
+}
+
+/// K, S and the (cached) symbol index for `which` and `map`.
+fn open_index(
+    kbuild: &camino::Utf8Path,
+    srctree: &camino::Utf8Path,
+) -> Result<(kbuild::KbuildTree, symbols::Index), Error> {
+    let k = kbuild::KbuildTree::open(kbuild)?;
+    let src = kbuild_install::tree::SourceTree::open(srctree)?;
+    let srcarch = kbuild_install::Manifest::load(&k.path)
+        .map(|m| m.srcarch)
+        .unwrap_or_else(|_| "x86".into());
+    let index = symbols::Index::cached(&src.path, &srcarch, &cache::dir("index"));
+    Ok((k, index))
+}
+
+fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
+    let (k, index) = open_index(&args.kbuild, &args.srctree)?;
+    if let Some(m) = &args.module {
+        let wanted: Vec<String> = if m.ends_with(".ko") {
+            vec![m.clone()]
+        } else {
+            let name = m.replace('-', "_");
+            let mut all = std::collections::BTreeSet::new();
+            for s in index.tristates() {
+                for p in index.modules(s) {
+                    let base = p
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&p)
+                        .trim_end_matches(".ko")
+                        .replace('-', "_");
+                    if base == name {
+                        all.insert(p);
+                    }
+                }
+            }
+            all.into_iter().collect()
+        };
+        let found: Vec<(String, Vec<String>)> = wanted
+            .iter()
+            .map(|w| (w.clone(), index.symbols_for(w)))
+            .collect();
+        if args.json {
+            let doc: Vec<_> = found
+                .iter()
+                .map(|(m, s)| serde_json::json!({"module": m, "symbols": s}))
+                .collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).expect("serializes")
+            );
+        } else {
+            for (m, syms) in &found {
+                let list: Vec<String> = syms
+                    .iter()
+                    .map(|s| format!("CONFIG_{s}={}", k.value(s).unwrap_or("n")))
+                    .collect();
+                println!(
+                    "{m}: {}",
+                    if list.is_empty() {
+                        "no symbol found".to_string()
+                    } else {
+                        list.join(" ")
+                    }
+                );
+            }
+        }
+        return Ok(if found.iter().any(|(_, s)| !s.is_empty()) {
+            0
+        } else {
+            code::NO_MODULE
+        });
+    }
+    if args.symbols.is_empty() {
+        return Err(Error::NoPackages);
+    }
+    let reports: Vec<which::SymbolReport> = args
+        .symbols
+        .iter()
+        .map(|s| which::report(&index, &k, s))
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&reports).expect("serializes")
+        );
+    } else {
+        for r in &reports {
+            for l in which::lines(r) {
+                println!("{l}");
+            }
+        }
+    }
+    Ok(reports
+        .iter()
+        .find_map(|r| {
+            r.error.as_ref().map(|_| match r.ty {
+                None => code::UNKNOWN_SYMBOL,
+                _ => code::NO_MODULE,
+            })
+        })
+        .unwrap_or(0))
+}
+
+fn map_cmd(args: &MapArgs) -> Result<u8, Error> {
+    let (k, index) = open_index(&args.kbuild, &args.srctree)?;
+    let table = which::map(&index, &k);
+    if args.json {
+        println!("{}", serde_json::to_string(&table).expect("serializes"));
+    } else {
+        for r in &table {
+            let mods: Vec<&str> = r.modules.iter().map(|m| m.path.as_str()).collect();
+            println!(
+                "{}\t{}\t{}",
+                r.symbol,
+                r.base.as_deref().unwrap_or("n"),
+                mods.join(" ")
+            );
+        }
+    }
+    Ok(0)
 }
 
 fn write_man(dir: &camino::Utf8Path) -> std::io::Result<()> {

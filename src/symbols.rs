@@ -1,19 +1,22 @@
 //! Which modules does `CONFIG_X` build? A textual index of the kernel's Kconfig and Makefiles.
 //!
-//! Kconfig: every `config X` with its type. Makefiles: every `obj-$(CONFIG_X) += a.o sub/` line
-//! (continuations joined). A `.o` target names a module in that directory; a `sub/` target
-//! descends into the subdirectory and takes the entries there that use the same symbol (or its
-//! unconditional `obj-m`). When the Kbuild tree records the base build's `modules.order`,
-//! predictions for symbols that are `=m` in the base are checked against it, and anything the
-//! base did not build is reported as uncertain rather than guessed.
+//! Kconfig: every `config X` with its type and `depends on` (with enclosing `if`s). Makefiles:
+//! every `obj-y/obj-m/obj-$(CONFIG_X)/obj-$(subst m,y,$(CONFIG_X)) += a.o sub/` line
+//! (continuations joined), whether it sits inside an `ifeq`/`ifdef` block, and the composite
+//! objects of each module (`foo-y`, `foo-objs`, `foo-$(CONFIG_Y)`). A `.o` target names a module
+//! in that directory; a `sub/` target descends into the subdirectory and takes the entries there
+//! that use the same symbol (or its unconditional `obj-m`). A module in `a/b/c/` also needs every
+//! parent entry `obj-$(CONFIG_P) += c/`: its gating chain. Answers that rest on lines inside
+//! make conditionals are marked uncertain rather than guessed.
 
 use camino::{Utf8Path, Utf8PathBuf};
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 use walkdir::WalkDir;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SymType {
     Bool,
@@ -24,22 +27,63 @@ pub enum SymType {
     Unknown,
 }
 
-/// One `obj-$(CONFIG_X) += ...` target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    dir: String,
-    /// `foo.o` or `sub/`.
-    name: String,
+/// What an `obj-...` line is conditional on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cond {
+    /// `obj-y`
+    Always,
+    /// `obj-m`
+    Module,
+    /// `obj-$(CONFIG_X)` (or `obj-$(subst m,y,$(CONFIG_X))`)
+    Sym(String),
 }
 
-#[derive(Debug, Default)]
+/// One target of an `obj-...` line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Entry {
+    /// `foo.o` or `sub/`.
+    target: String,
+    cond: Cond,
+    /// Inside an `ifeq`/`ifneq`/`ifdef`/`ifndef` block.
+    guarded: bool,
+}
+
+/// A module a symbol builds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModuleInfo {
+    /// `drivers/net/dummy.ko`
+    pub path: String,
+    /// Its objects (`drivers/block/zram/zram_drv.o`, ...), with the symbol that adds each
+    /// optional one.
+    pub objects: Vec<String>,
+    /// The answer rests on Makefile lines inside make conditionals.
+    pub uncertain: bool,
+}
+
+/// One step of a module's gating chain: `dir` is entered from its parent when `symbol` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Gate {
+    pub dir: String,
+    /// The symbols of the parent's `obj-$(CONFIG_P) += dir/` lines; empty: always entered.
+    pub symbols: Vec<String>,
+    /// No parent line enters it (only a top-level Makefile variable does, or nothing).
+    pub unknown: bool,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Index {
     types: BTreeMap<String, SymType>,
     /// `depends on` expressions of each symbol, with the enclosing `if` blocks of its file.
     deps: BTreeMap<String, Vec<String>>,
-    by_symbol: BTreeMap<String, Vec<Target>>,
-    /// Unconditional `obj-m += x.o` per directory.
-    obj_m: BTreeMap<String, Vec<String>>,
+    /// `obj-...` entries per directory.
+    dirs: BTreeMap<String, Vec<Entry>>,
+    /// Directories with entries using each symbol.
+    sym_dirs: BTreeMap<String, BTreeSet<String>>,
+    /// Composite objects per `dir/name`: (object, `Some(symbol)` when conditional on it).
+    parts: BTreeMap<String, Vec<(String, Option<String>)>>,
+    /// The Kconfig files and Makefiles read, with their modification times (ns), to tell when a
+    /// cached index is stale.
+    inputs: Vec<(String, i128)>,
 }
 
 /// Directories of the source tree that hold no kernel Makefiles of interest.
@@ -52,7 +96,67 @@ fn skip_dir(rel: &str, srcarch: &str) -> bool {
         && rel != format!("arch/{srcarch}"))
 }
 
+fn mtime(p: &std::path::Path) -> i128 {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+const NOT_MODULE_NAMES: &[&str] = &[
+    "obj",
+    "lib",
+    "subdir",
+    "always",
+    "extra",
+    "targets",
+    "hostprogs",
+    "userprogs",
+    "ccflags",
+    "asflags",
+    "ldflags",
+    "cflags",
+    "clean",
+    "core",
+    "drivers",
+    "libs",
+    "head",
+    "KBUILD",
+];
+
 impl Index {
+    /// Load the index cached at `cache` if every file it was built from is unchanged, else build
+    /// it and store it there.
+    pub fn cached(srctree: &Utf8Path, srcarch: &str, cache: &Utf8Path) -> Self {
+        let key = {
+            use sha2::{Digest, Sha256};
+            let h = Sha256::digest(format!(
+                "{srctree}\0{srcarch}\0{}",
+                env!("CARGO_PKG_VERSION")
+            ));
+            format!("{:x}", h)[..16].to_string()
+        };
+        let path = cache.join(format!("index-{key}.json"));
+        if let Ok(bytes) = std::fs::read(&path)
+            && let Ok(idx) = serde_json::from_slice::<Index>(&bytes)
+            && idx
+                .inputs
+                .iter()
+                .all(|(p, t)| mtime(srctree.join(p).as_std_path()) == *t)
+        {
+            return idx;
+        }
+        let idx = Index::build(srctree, srcarch);
+        if std::fs::create_dir_all(cache).is_ok()
+            && let Ok(tmp) = tempfile::NamedTempFile::new_in(cache)
+            && serde_json::to_writer(std::io::BufWriter::new(tmp.as_file()), &idx).is_ok()
+        {
+            let _ = tmp.persist(&path);
+        }
+        idx
+    }
+
     pub fn build(srctree: &Utf8Path, srcarch: &str) -> Self {
         static CONFIG: LazyLock<Regex> =
             LazyLock::new(|| Regex::new(r"^\s*(?:menu)?config\s+([A-Za-z0-9_]+)\s*$").unwrap());
@@ -60,8 +164,16 @@ impl Index {
             Regex::new(r"^\s*(bool|tristate|string|int|hex|def_bool|def_tristate)\b").unwrap()
         });
         static OBJ: LazyLock<Regex> = LazyLock::new(|| {
-            Regex::new(r"^\s*obj-(?:\$\(CONFIG_([A-Za-z0-9_]+)\)|(m))\s*(?:\+=|:=|=)\s*(.*)$")
-                .unwrap()
+            Regex::new(
+                r"^\s*(?:obj|libs|core|drivers)-(?:\$\((?:subst\s+m,y,)?\$?\(?CONFIG_([A-Za-z0-9_]+)\)?(?::m=y)?\)|(y|m))\s*(?:\+=|:=|=)\s*(.*)$",
+            )
+            .unwrap()
+        });
+        static PART: LazyLock<Regex> = LazyLock::new(|| {
+            Regex::new(
+                r"^\s*([A-Za-z0-9_-]+)-(?:(y|objs)|\$\(CONFIG_([A-Za-z0-9_]+)\))\s*(?:\+=|:=|=)\s*(.*)$",
+            )
+            .unwrap()
         });
         let mut idx = Index::default();
         let walker = WalkDir::new(srctree).into_iter().filter_entry(|e| {
@@ -83,6 +195,10 @@ impl Index {
             let Ok(text) = std::fs::read_to_string(entry.path()) else {
                 continue;
             };
+            if let Ok(rel) = entry.path().strip_prefix(srctree) {
+                idx.inputs
+                    .push((rel.to_string_lossy().into_owned(), mtime(entry.path())));
+            }
             let rel_dir = entry
                 .path()
                 .parent()
@@ -150,29 +266,75 @@ impl Index {
                 }
                 continue;
             }
+            let mut depth = 0usize;
             for line in joined_lines(&text) {
                 let line = line.split('#').next().unwrap_or("");
-                let Some(c) = OBJ.captures(line) else {
+                let t = line.trim_start();
+                if ["ifeq", "ifneq", "ifdef", "ifndef"]
+                    .iter()
+                    .any(|k| t.starts_with(k))
+                {
+                    depth += 1;
                     continue;
-                };
-                let targets = c[3]
-                    .split_whitespace()
-                    .filter(|t| (t.ends_with(".o") || t.ends_with('/')) && !t.contains('$'));
-                match c.get(1) {
-                    Some(sym) => {
-                        let v = idx.by_symbol.entry(sym.as_str().to_string()).or_default();
-                        for t in targets {
-                            v.push(Target {
-                                dir: rel_dir.clone(),
-                                name: t.to_string(),
-                            });
+                }
+                if t.starts_with("endif") {
+                    depth = depth.saturating_sub(1);
+                    continue;
+                }
+                let line = line.replace("$(SRCARCH)", srcarch);
+                if let Some(c) = OBJ.captures(&line) {
+                    let cond = match (c.get(1), c.get(2).map(|m| m.as_str())) {
+                        (Some(sym), _) => Cond::Sym(sym.as_str().to_string()),
+                        (None, Some("m")) => Cond::Module,
+                        _ => Cond::Always,
+                    };
+                    let is_top_var = !line.trim_start().starts_with("obj-");
+                    for t in c[3].split_whitespace() {
+                        if !(t.ends_with(".o") || t.ends_with('/')) || t.contains('$') {
+                            continue;
                         }
+                        // Top-level `libs-y := lib/` and arch `core-y += arch/x86/foo/`.
+                        let (dir, target) = if is_top_var {
+                            let full = t.trim_end_matches('/');
+                            match full.rsplit_once('/') {
+                                Some((d, last)) => (d.to_string(), format!("{last}/")),
+                                None => (String::new(), t.to_string()),
+                            }
+                        } else {
+                            (rel_dir.clone(), t.to_string())
+                        };
+                        if let Cond::Sym(s) = &cond {
+                            idx.sym_dirs
+                                .entry(s.clone())
+                                .or_default()
+                                .insert(dir.clone());
+                        }
+                        idx.dirs.entry(dir).or_default().push(Entry {
+                            target,
+                            cond: cond.clone(),
+                            guarded: depth > 0,
+                        });
                     }
-                    None => idx
-                        .obj_m
-                        .entry(rel_dir.clone())
-                        .or_default()
-                        .extend(targets.filter(|t| t.ends_with(".o")).map(String::from)),
+                    continue;
+                }
+                if let Some(c) = PART.captures(&line) {
+                    let name = &c[1];
+                    if NOT_MODULE_NAMES.contains(&name) || name.starts_with("CFLAGS") {
+                        continue;
+                    }
+                    let cond = c.get(3).map(|m| m.as_str().to_string());
+                    let key = if rel_dir.is_empty() {
+                        name.to_string()
+                    } else {
+                        format!("{rel_dir}/{name}")
+                    };
+                    let parts = idx.parts.entry(key).or_default();
+                    for t in c[4]
+                        .split_whitespace()
+                        .filter(|t| t.ends_with(".o") && !t.contains('$'))
+                    {
+                        parts.push((t.to_string(), cond.clone()));
+                    }
                 }
             }
         }
@@ -181,6 +343,14 @@ impl Index {
 
     pub fn sym_type(&self, sym: &str) -> Option<SymType> {
         self.types.get(sym).copied()
+    }
+
+    /// Every tristate symbol.
+    pub fn tristates(&self) -> impl Iterator<Item = &String> {
+        self.types
+            .iter()
+            .filter(|(_, t)| **t == SymType::Tristate)
+            .map(|(s, _)| s)
     }
 
     /// The `depends on` expressions (and enclosing `if`s) of a symbol.
@@ -229,43 +399,175 @@ impl Index {
 
     /// Modules (`dir/name.ko`) that `CONFIG_<sym>=m` builds, by the Makefiles' text.
     pub fn modules(&self, sym: &str) -> Vec<String> {
-        let mut out = BTreeSet::new();
-        for t in self.by_symbol.get(sym).into_iter().flatten() {
-            self.expand(sym, &t.dir, &t.name, &mut out, 0);
-        }
-        out.into_iter().collect()
+        self.module_infos(sym).into_iter().map(|m| m.path).collect()
     }
 
-    fn expand(&self, sym: &str, dir: &str, name: &str, out: &mut BTreeSet<String>, depth: usize) {
+    /// Modules that `CONFIG_<sym>=m` builds, with their objects and certainty.
+    pub fn module_infos(&self, sym: &str) -> Vec<ModuleInfo> {
+        let mut out: BTreeMap<String, bool> = BTreeMap::new();
+        for dir in self.sym_dirs.get(sym).into_iter().flatten() {
+            for e in self.dirs.get(dir).into_iter().flatten() {
+                if e.cond == Cond::Sym(sym.to_string()) {
+                    self.expand(sym, dir, &e.target, e.guarded, &mut out, 0);
+                }
+            }
+        }
+        out.into_iter()
+            .map(|(path, uncertain)| {
+                let objects = self.objects(&path);
+                ModuleInfo {
+                    path,
+                    objects,
+                    uncertain,
+                }
+            })
+            .collect()
+    }
+
+    fn expand(
+        &self,
+        sym: &str,
+        dir: &str,
+        target: &str,
+        guarded: bool,
+        out: &mut BTreeMap<String, bool>,
+        depth: usize,
+    ) {
         let path = if dir.is_empty() {
-            name.to_string()
+            target.to_string()
         } else {
-            format!("{dir}/{name}")
+            format!("{dir}/{target}")
         };
         if let Some(stem) = path.strip_suffix(".o") {
-            out.insert(format!("{stem}.ko"));
+            let e = out.entry(format!("{stem}.ko")).or_insert(guarded);
+            *e = *e && guarded;
             return;
         }
         if depth > 8 {
             return;
         }
         let sub = path.trim_end_matches('/');
-        let same: Vec<&Target> = self
-            .by_symbol
-            .get(sym)
-            .into_iter()
-            .flatten()
-            .filter(|t| t.dir == sub)
+        let entries = self.dirs.get(sub).map_or(&[][..], Vec::as_slice);
+        let same: Vec<&Entry> = entries
+            .iter()
+            .filter(|e| e.cond == Cond::Sym(sym.to_string()))
             .collect();
         if !same.is_empty() {
-            for t in same {
-                self.expand(sym, &t.dir, &t.name, out, depth + 1);
+            for e in same {
+                self.expand(sym, sub, &e.target, guarded || e.guarded, out, depth + 1);
             }
-        } else if let Some(objs) = self.obj_m.get(sub) {
-            for o in objs {
-                out.insert(format!("{sub}/{}.ko", o.trim_end_matches(".o")));
+        } else {
+            for e in entries
+                .iter()
+                .filter(|e| e.cond == Cond::Module && e.target.ends_with(".o"))
+            {
+                self.expand(sym, sub, &e.target, guarded || e.guarded, out, depth + 1);
             }
         }
+    }
+
+    /// The objects of a module (`dir/name.ko`): its composite parts, or its own `.o`.
+    pub fn objects(&self, module: &str) -> Vec<String> {
+        let stem = module.strip_suffix(".ko").unwrap_or(module);
+        let dir = module_dir(module);
+        let parts = self.parts.get(stem).map_or(&[][..], Vec::as_slice);
+        if parts.is_empty() {
+            return vec![format!("{stem}.o")];
+        }
+        parts
+            .iter()
+            .map(|(o, cond)| {
+                let p = if dir.as_str().is_empty() {
+                    o.clone()
+                } else {
+                    format!("{dir}/{o}")
+                };
+                match cond {
+                    Some(s) => format!("{p} (CONFIG_{s})"),
+                    None => p,
+                }
+            })
+            .collect()
+    }
+
+    /// The chain of directories from the top to `dir`, each with the symbols that enter it.
+    pub fn gates(&self, dir: &str) -> Vec<Gate> {
+        let comps: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+        let mut out = Vec::new();
+        for i in 0..comps.len() {
+            let here = comps[..=i].join("/");
+            // `obj-$(CONFIG_P) += c/` in the parent, or `+= b/c/` further up.
+            let mut entries: Vec<&Entry> = Vec::new();
+            for j in 0..=i {
+                let anc = comps[..j].join("/");
+                let want = format!("{}/", comps[j..=i].join("/"));
+                entries.extend(
+                    self.dirs
+                        .get(&anc)
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| e.target == want),
+                );
+            }
+            let always = entries
+                .iter()
+                .any(|e| matches!(e.cond, Cond::Always | Cond::Module));
+            let symbols = if always {
+                Vec::new()
+            } else {
+                entries
+                    .iter()
+                    .filter_map(|e| match &e.cond {
+                        Cond::Sym(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            };
+            // A directory entered through a deeper target (`block/aoe/`) has no own step.
+            let via_deeper = entries.is_empty()
+                && (0..=i).any(|j| {
+                    let anc = comps[..j].join("/");
+                    let prefix = format!("{}/", comps[j..=i].join("/"));
+                    self.dirs
+                        .get(&anc)
+                        .into_iter()
+                        .flatten()
+                        .any(|e| e.target.starts_with(&prefix) && e.target.len() > prefix.len())
+                });
+            if via_deeper {
+                continue;
+            }
+            out.push(Gate {
+                dir: here,
+                symbols,
+                unknown: entries.is_empty(),
+            });
+        }
+        out
+    }
+
+    /// Symbols whose Makefile entries build `module` (`drivers/net/dummy.ko`).
+    pub fn symbols_for(&self, module: &str) -> Vec<String> {
+        let dir = module_dir(module);
+        // Candidates: symbols used in the module's directory or an ancestor.
+        let mut cands = BTreeSet::new();
+        let mut d = dir.as_str().to_string();
+        loop {
+            for e in self.dirs.get(&d).into_iter().flatten() {
+                if let Cond::Sym(s) = &e.cond {
+                    cands.insert(s.clone());
+                }
+            }
+            match d.rsplit_once('/') {
+                Some((p, _)) => d = p.to_string(),
+                None if !d.is_empty() => d = String::new(),
+                None => break,
+            }
+        }
+        cands
+            .into_iter()
+            .filter(|s| self.modules(s).iter().any(|m| m == module))
+            .collect()
     }
 }
 
