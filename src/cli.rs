@@ -44,6 +44,10 @@ pub enum Command {
     Which(WhichArgs),
     /// The whole symbol -> module table for every tristate symbol.
     Map(MapArgs),
+    /// Check a package set against the kernel: unpackaged modules, missing DEPENDS,
+    /// kernel-affecting KCONFIG, default reliance, FILES and AUTOLOAD mistakes.
+    #[command(long_about = AUDIT_LONG_ABOUT)]
+    Audit(AuditArgs),
     /// Write the man pages (extmod.1 and one per subcommand) into a directory.
     Man {
         /// Output directory.
@@ -151,6 +155,50 @@ pub struct MapArgs {
     #[arg(long, short = 'S', value_name = "S")]
     pub srctree: camino::Utf8PathBuf,
     /// Print JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub const AUDIT_LONG_ABOUT: &str = "\
+Check a package set against the kernel, the way a distribution's maintainers would:
+
+  unpackaged            built modules (K's modules.order) that no package owns
+                        (\"WARNING: unpackaged kernel module found: foo/bar.ko\"); --catch-all NAME
+                        prints a package definition that owns them all
+  missing-dependency    a package's module needs (modinfo depends=) a module that lives in a
+                        package outside its DEPENDS closure, or in no package
+  kernel-affecting      KCONFIG that would change built-in code (a tristate forced =y, or a
+                        =y/value option used outside the package's own module directories)
+  default-reliance      modules that come from a symbol the package does not name, only through
+                        its default (OpenWrt's kmod-fs-nfs-v3 case)
+  files-missing/-extra  FILES that the kernel's Makefiles say are wrong, or modules the KCONFIG
+                        builds that FILES does not list
+  autoload-not-in-files AUTOLOAD names that are not among FILES
+
+FILE is extmod's TOML package format or OpenWrt's package table (tab-separated, with the
+columns package, depends_kmods, kconfig_6.12, files_6.12, files_conditional_6.12,
+autoload_6.12), detected by its header. Module dependencies come from --modules DIR (a
+modules.dep, or .ko files), else from the object tree K was made from. Exit code 30 when an
+error-level finding exists.";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuditArgs {
+    /// Kbuild tree (K): base configuration and module list.
+    #[arg(long, short = 'K', value_name = "K")]
+    pub kbuild: camino::Utf8PathBuf,
+    /// Kernel source tree (S).
+    #[arg(long, short = 'S', value_name = "S")]
+    pub srctree: camino::Utf8PathBuf,
+    /// The package set (TOML or OpenWrt table).
+    #[arg(long, value_name = "FILE")]
+    pub packages: camino::Utf8PathBuf,
+    /// Where module dependencies come from: a dir with modules.dep, or .ko files.
+    #[arg(long, value_name = "DIR")]
+    pub modules: Option<camino::Utf8PathBuf>,
+    /// Print a package definition owning every unpackaged module, named NAME.
+    #[arg(long, value_name = "NAME")]
+    pub catch_all: Option<String>,
+    /// Print findings as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

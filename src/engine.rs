@@ -312,7 +312,7 @@ fn plan(
                 "nothing to build; the running kernel already has it",
             ));
         }
-        if req.value.is_none() && !tristate && pkg.kconfig.len() == 1 {
+        if req.value.is_none() && !tristate && pkg.kconfig.len() == 1 && pkg.files.is_empty() {
             return refused(refusal(
                 code::NO_MODULE,
                 format!(

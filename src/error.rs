@@ -15,6 +15,7 @@ pub mod code {
     pub const NOT_APPLIED: u8 = 27;
     pub const KERNEL_AFFECTING: u8 = 28;
     pub const NO_KCONFIG: u8 = 29;
+    pub const AUDIT_ERRORS: u8 = 30;
 }
 
 #[derive(Debug, thiserror::Error)]

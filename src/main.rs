@@ -1,5 +1,6 @@
 //! extmod: build kernel modules for an already-built kernel, one package at a time.
 
+mod audit;
 mod cache;
 mod cli;
 mod engine;
@@ -14,7 +15,7 @@ mod variant;
 mod which;
 
 use clap::{CommandFactory, Parser};
-use cli::{BuildArgs, Cli, Command, MapArgs, VariantArgs, WhichArgs};
+use cli::{AuditArgs, BuildArgs, Cli, Command, MapArgs, VariantArgs, WhichArgs};
 use error::{Error, code};
 use events::Status;
 use std::process::ExitCode;
@@ -29,6 +30,10 @@ fn main() -> ExitCode {
             Err(e) => report_error(&e),
         },
         Command::Map(args) => match map_cmd(&args) {
+            Ok(code) => code,
+            Err(e) => report_error(&e),
+        },
+        Command::Audit(args) => match audit_cmd(&args) {
             Ok(code) => code,
             Err(e) => report_error(&e),
         },
@@ -275,6 +280,76 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
             })
         })
         .unwrap_or(0))
+}
+
+fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
+    kbuild_install::process::install_interrupt_handler();
+    let (k, index) = open_index(&args.kbuild, &args.srctree)?;
+    let src = kbuild_install::tree::SourceTree::open(&args.srctree)?;
+    let manifest = kbuild_install::Manifest::load(&k.path).ok();
+    let srcarch = manifest
+        .as_ref()
+        .map_or_else(|| "x86".to_string(), |m| m.srcarch.clone());
+    let packages = audit::load(&args.packages)?;
+    let modules_dir = args
+        .modules
+        .clone()
+        .or_else(|| manifest.as_ref().map(|m| m.made_from.objtree.clone()))
+        .or_else(|| (k.kind == kbuild::Kind::ObjTree).then(|| k.path.clone()));
+    let deps = modules_dir
+        .as_deref()
+        .map(audit::module_deps)
+        .unwrap_or_default();
+    let findings = audit::audit(
+        &audit::Inputs {
+            k: &k,
+            index: &index,
+            src: &src.path,
+            srcarch: &srcarch,
+            deps: &deps,
+        },
+        &packages,
+    )?;
+    let errors = findings
+        .iter()
+        .filter(|f| f.level == audit::Level::Error)
+        .count();
+    if args.json {
+        let doc = serde_json::json!({
+            "packages": packages.len(),
+            "modules_checked_for_dependencies": deps.len(),
+            "errors": errors,
+            "warnings": findings.len() - errors,
+            "findings": findings,
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&doc).expect("serializes")
+        );
+    } else {
+        for f in &findings {
+            let level = if f.level == audit::Level::Error {
+                "ERROR"
+            } else {
+                "WARNING"
+            };
+            match &f.package {
+                Some(p) => println!("{level}: {p}: {}", f.message),
+                None => println!("{level}: {}", f.message),
+            }
+        }
+        eprintln!(
+            "audited {} packages ({} modules with known dependencies): {} errors, {} warnings",
+            packages.len(),
+            deps.len(),
+            errors,
+            findings.len() - errors
+        );
+    }
+    if let Some(name) = &args.catch_all {
+        print!("{}", audit::catch_all(name, &findings));
+    }
+    Ok(if errors > 0 { code::AUDIT_ERRORS } else { 0 })
 }
 
 fn map_cmd(args: &MapArgs) -> Result<u8, Error> {

@@ -190,7 +190,7 @@ fn apply(config: &str, sets: &[KconfigReq]) -> String {
 
 /// Files (relative to the source tree) that reference each symbol (`CONFIG_X` or
 /// `CONFIG_X_MODULE`) in C, assembler and Makefiles of this architecture.
-fn references(
+pub(crate) fn references(
     src: &Utf8Path,
     srcarch: &str,
     syms: &[String],

@@ -1,0 +1,410 @@
+//! `extmod audit`: check a package set against the kernel — modules no package owns, module
+//! dependencies that cross into packages outside a package's DEPENDS, KCONFIG that changes
+//! built-in code, modules that rely on a symbol's default, FILES the Makefiles disagree with, and
+//! AUTOLOAD names that are not in FILES.
+
+use crate::error::Error;
+use crate::kbuild::KbuildTree;
+use crate::package::{self, KconfigReq};
+use crate::symbols::{Index, SymType, module_dir};
+use camino::Utf8Path;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A package as the audit sees it (TOML packages have no AUTOLOAD).
+#[derive(Debug, Clone)]
+pub struct AuditPackage {
+    pub name: String,
+    pub kconfig: Vec<KconfigReq>,
+    pub files: Vec<String>,
+    pub depends: Vec<String>,
+    pub autoload: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub level: Level,
+    /// unpackaged, missing-dependency, kernel-affecting, default-reliance, files-missing,
+    /// files-extra, autoload-not-in-files
+    pub kind: &'static str,
+    pub package: Option<String>,
+    pub message: String,
+}
+
+/// Load a package set: extmod's TOML, or OpenWrt's table (tab-separated, header `source	package	...`).
+pub fn load(path: &Utf8Path) -> Result<Vec<AuditPackage>, Error> {
+    let bad = |why: String| Error::PackageFile {
+        path: path.to_owned(),
+        why,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+    if text.starts_with("source\tpackage\t") {
+        return parse_openwrt_table(&text).map_err(bad);
+    }
+    Ok(package::parse(&text)
+        .map_err(bad)?
+        .into_iter()
+        .map(|p| AuditPackage {
+            name: p.name,
+            kconfig: p.kconfig,
+            files: p.files,
+            depends: p.depends,
+            autoload: Vec::new(),
+        })
+        .collect())
+}
+
+fn parse_openwrt_table(text: &str) -> Result<Vec<AuditPackage>, String> {
+    let mut lines = text.lines();
+    let head: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
+    let col = |n: &str| {
+        head.iter()
+            .position(|h| *h == n)
+            .ok_or_else(|| format!("no `{n}` column"))
+    };
+    let (c_pkg, c_deps, c_kc, c_files, c_cond, c_auto) = (
+        col("package")?,
+        col("depends_kmods")?,
+        col("kconfig_6.12")?,
+        col("files_6.12")?,
+        col("files_conditional_6.12")?,
+        col("autoload_6.12")?,
+    );
+    let mut out = Vec::new();
+    for line in lines.filter(|l| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split('\t').collect();
+        let get = |i: usize| f.get(i).copied().unwrap_or("");
+        let kconfig = get(c_kc)
+            .split_whitespace()
+            .filter_map(|k| KconfigReq::parse(k).ok())
+            .collect();
+        let files = get(c_files)
+            .split_whitespace()
+            .chain(get(c_cond).split_whitespace())
+            .filter(|f| f.ends_with(".ko") && !f.contains('$'))
+            .map(str::to_string)
+            .collect();
+        let depends = get(c_deps)
+            .split(',')
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
+        // `prio;boot;mod1,mod2`
+        let autoload = get(c_auto)
+            .split(';')
+            .nth(2)
+            .unwrap_or("")
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(str::to_string)
+            .collect();
+        out.push(AuditPackage {
+            name: get(c_pkg).to_string(),
+            kconfig,
+            files,
+            depends,
+            autoload,
+        });
+    }
+    Ok(out)
+}
+
+fn modname(path: &str) -> String {
+    path.rsplit('/')
+        .next()
+        .unwrap_or(path)
+        .trim_end_matches(".ko")
+        .replace('-', "_")
+}
+
+/// Module dependencies by module name, from a `modules.dep` (depmod's) or the `.ko` files of a
+/// directory (their modinfo `depends=`).
+pub fn module_deps(dir: &Utf8Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    if let Ok(text) = std::fs::read_to_string(dir.join("modules.dep")) {
+        for line in text.lines() {
+            if let Some((m, deps)) = line.split_once(':') {
+                let deps = deps
+                    .split_whitespace()
+                    .map(|d| {
+                        modname(
+                            d.trim_end_matches(".xz")
+                                .trim_end_matches(".zst")
+                                .trim_end_matches(".gz"),
+                        )
+                    })
+                    .collect();
+                out.insert(
+                    modname(
+                        m.trim_end_matches(".xz")
+                            .trim_end_matches(".zst")
+                            .trim_end_matches(".gz"),
+                    ),
+                    deps,
+                );
+            }
+        }
+        return out;
+    }
+    for e in walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
+        let Some(p) = e.path().to_str() else { continue };
+        if p.ends_with(".ko")
+            && let Ok(Some(deps)) = kbuild_install::elf::modinfo_value(Utf8Path::new(p), "depends")
+        {
+            out.insert(
+                modname(p),
+                deps.split(',')
+                    .filter(|d| !d.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+pub struct Inputs<'a> {
+    pub k: &'a KbuildTree,
+    pub index: &'a Index,
+    pub src: &'a Utf8Path,
+    pub srcarch: &'a str,
+    /// Module dependencies (empty when no module directory was given).
+    pub deps: &'a BTreeMap<String, Vec<String>>,
+}
+
+pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Error> {
+    let mut findings = Vec::new();
+    let by_name: BTreeMap<&str, &AuditPackage> =
+        packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    // What each package owns: FILES, else what its symbols build.
+    let mut owns: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    for p in packages {
+        let predicted: BTreeSet<String> = p
+            .kconfig
+            .iter()
+            .filter(|r| r.value.as_deref().is_none_or(|v| v == "m"))
+            .flat_map(|r| inp.index.modules(&r.symbol))
+            .collect();
+        let files: BTreeSet<String> = p.files.iter().cloned().collect();
+        owns.insert(
+            &p.name,
+            if files.is_empty() {
+                predicted.clone()
+            } else {
+                files.clone()
+            },
+        );
+        let named: BTreeSet<&str> = p.kconfig.iter().map(|r| r.symbol.as_str()).collect();
+        if !files.is_empty() && !predicted.is_empty() {
+            for f in files.difference(&predicted) {
+                let builders = inp.index.symbols_for(f);
+                if builders.is_empty() {
+                    findings.push(Finding { level: Level::Error, kind: "files-missing", package: Some(p.name.clone()),
+                        message: format!("FILES names {f}, which no Makefile line builds (ERROR: module '{f}' is missing.)") });
+                } else if !builders.iter().any(|b| named.contains(b.as_str())) {
+                    findings.push(Finding { level: Level::Warning, kind: "default-reliance", package: Some(p.name.clone()),
+                        message: format!("{f} is built by {} which the package's KCONFIG does not name: it relies on that symbol's default",
+                            builders.iter().map(|b| format!("CONFIG_{b}")).collect::<Vec<_>>().join(" or ")) });
+                }
+            }
+            for m in predicted.difference(&files) {
+                findings.push(Finding {
+                    level: Level::Warning,
+                    kind: "files-extra",
+                    package: Some(p.name.clone()),
+                    message: format!("its KCONFIG also builds {m}, which FILES does not list"),
+                });
+            }
+        }
+        if p.kconfig.is_empty() && !files.is_empty() {
+            let builders: BTreeSet<String> = files
+                .iter()
+                .flat_map(|f| inp.index.symbols_for(f))
+                .collect();
+            findings.push(Finding {
+                level: Level::Warning,
+                kind: "default-reliance",
+                package: Some(p.name.clone()),
+                message: format!(
+                    "no KCONFIG: its modules come from {} only through defaults and other packages",
+                    if builders.is_empty() {
+                        "symbols extmod cannot find".to_string()
+                    } else {
+                        builders
+                            .iter()
+                            .map(|b| format!("CONFIG_{b}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    }
+                ),
+            });
+        }
+        let file_names: BTreeSet<String> =
+            owns[p.name.as_str()].iter().map(|f| modname(f)).collect();
+        for a in &p.autoload {
+            if !file_names.contains(&a.replace('-', "_")) {
+                findings.push(Finding {
+                    level: Level::Warning,
+                    kind: "autoload-not-in-files",
+                    package: Some(p.name.clone()),
+                    message: format!("AUTOLOAD names `{a}`, which is not among its FILES"),
+                });
+            }
+        }
+    }
+
+    // Kernel-affecting KCONFIG (static classification: what extmod variant would find, without
+    // Kconfig's select/default propagation).
+    let mut candidates: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for p in packages {
+        for r in &p.kconfig {
+            let Some(v) = r.value.as_deref() else {
+                continue;
+            };
+            if v == "n" || v == "m" || inp.k.value(&r.symbol) == Some(v) {
+                continue;
+            }
+            match inp.index.sym_type(&r.symbol) {
+                Some(SymType::Tristate) => findings.push(Finding {
+                    level: Level::Error,
+                    kind: "kernel-affecting",
+                    package: Some(p.name.clone()),
+                    message: format!(
+                        "KCONFIG CONFIG_{}={v} builds a tristate into vmlinux (base: {})",
+                        r.symbol,
+                        inp.k.value(&r.symbol).unwrap_or("n")
+                    ),
+                }),
+                Some(_) => candidates
+                    .entry(r.symbol.clone())
+                    .or_default()
+                    .push(&p.name),
+                None => {}
+            }
+        }
+    }
+    let syms: Vec<String> = candidates.keys().cloned().collect();
+    let refs = crate::variant::references(inp.src, inp.srcarch, &syms)?;
+    for (sym, pkgs) in &candidates {
+        for pname in pkgs {
+            let dirs: BTreeSet<String> = owns[pname]
+                .iter()
+                .map(|m| module_dir(m).to_string())
+                .collect();
+            let outside: Vec<&String> = refs
+                .get(sym)
+                .into_iter()
+                .flatten()
+                .filter(|f| !dirs.iter().any(|d| f.starts_with(&format!("{d}/"))))
+                .collect();
+            if !outside.is_empty() {
+                let shown: Vec<&str> = outside.iter().take(3).map(|s| s.as_str()).collect();
+                findings.push(Finding {
+                    level: Level::Error,
+                    kind: "kernel-affecting",
+                    package: Some(pname.to_string()),
+                    message: format!(
+                        "KCONFIG CONFIG_{sym}={} changes code outside its modules: {}{}",
+                        by_name[pname]
+                            .kconfig
+                            .iter()
+                            .find(|r| r.symbol == *sym)
+                            .and_then(|r| r.value.clone())
+                            .unwrap_or_default(),
+                        shown.join(", "),
+                        if outside.len() > 3 {
+                            format!(" and {} more", outside.len() - 3)
+                        } else {
+                            String::new()
+                        }
+                    ),
+                });
+            }
+        }
+    }
+
+    // Module dependencies that cross into packages outside the DEPENDS closure.
+    let mut owner: BTreeMap<String, &str> = BTreeMap::new();
+    for (p, mods) in &owns {
+        for m in mods {
+            owner.entry(modname(m)).or_insert(p);
+        }
+    }
+    let closure = |start: &str| {
+        let mut seen = BTreeSet::new();
+        let mut todo = vec![start.to_string()];
+        while let Some(n) = todo.pop() {
+            if seen.insert(n.clone())
+                && let Some(p) = by_name.get(n.as_str())
+            {
+                todo.extend(p.depends.iter().cloned());
+            }
+        }
+        seen
+    };
+    for p in packages {
+        let reach = closure(&p.name);
+        for m in &owns[p.name.as_str()] {
+            for d in inp.deps.get(&modname(m)).into_iter().flatten() {
+                match owner.get(d) {
+                    Some(o) if reach.contains(*o) => {}
+                    Some(o) => findings.push(Finding {
+                        level: Level::Error,
+                        kind: "missing-dependency",
+                        package: Some(p.name.clone()),
+                        message: format!(
+                            "{m} needs module `{d}`, which is in package {o}, not in its DEPENDS"
+                        ),
+                    }),
+                    None => findings.push(Finding {
+                        level: Level::Error,
+                        kind: "missing-dependency",
+                        package: Some(p.name.clone()),
+                        message: format!("{m} needs module `{d}`, which no package provides"),
+                    }),
+                }
+            }
+        }
+    }
+
+    // Built modules no package owns.
+    let owned: BTreeSet<&String> = owns.values().flatten().collect();
+    for o in inp.k.modules_order.iter().flatten() {
+        let ko = format!("{}.ko", o.trim_end_matches(".o"));
+        if !owned.contains(&ko) {
+            findings.push(Finding {
+                level: Level::Warning,
+                kind: "unpackaged",
+                package: None,
+                message: format!("unpackaged kernel module found: {ko}"),
+            });
+        }
+    }
+    findings.sort_by(|a, b| (a.level, &a.package, a.kind).cmp(&(b.level, &b.package, b.kind)));
+    Ok(findings)
+}
+
+/// A catch-all package definition (TOML) owning every unpackaged module.
+pub fn catch_all(name: &str, findings: &[Finding]) -> String {
+    let files: Vec<String> = findings
+        .iter()
+        .filter(|f| f.kind == "unpackaged")
+        .filter_map(|f| f.message.strip_prefix("unpackaged kernel module found: "))
+        .map(|f| format!("  \"{f}\","))
+        .collect();
+    format!(
+        "[[package]]\nname = \"{name}\"\nkconfig = [\"CONFIG_MODULES\"]\nfiles = [\n{}\n]\n",
+        files.join("\n")
+    )
+}
