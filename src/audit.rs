@@ -38,7 +38,7 @@ pub struct Finding {
     pub message: String,
 }
 
-/// Load a package set: extmod's TOML, or OpenWrt's table (tab-separated, header `source	package	...`).
+/// Load a package set: extmod's TOML, or OpenWrt's table (tab-separated, its header starts with `source`, `package`).
 pub fn load(path: &Utf8Path) -> Result<Vec<AuditPackage>, Error> {
     let bad = |why: String| Error::PackageFile {
         path: path.to_owned(),
