@@ -123,15 +123,23 @@ pub fn variant_manifest(k: &KbuildTree) -> Result<Manifest, Error> {
     Ok(m)
 }
 
-/// Run Kconfig on `.config` text into `dir` (olddefconfig, then syncconfig for auto.conf).
-fn kconfig(k: &KbuildTree, m: &Manifest, config: &str, dir: &Utf8Path) -> Result<(), Error> {
+/// Run Kconfig on `.config` text into `dir`, in the given modes (`olddefconfig` resolves new
+/// symbols to their defaults; `syncconfig` writes auto.conf, autoconf.h and include/config/).
+fn kconfig(
+    k: &KbuildTree,
+    m: &Manifest,
+    config: &str,
+    dir: &Utf8Path,
+    modes: &[&str],
+) -> Result<(), Error> {
     let outs = ConfOutputs {
         dir: dir.to_owned(),
     };
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     std::fs::write(outs.config(), config).map_err(io("write", dir))?;
-    run_conf(&k.path, m, &outs, "olddefconfig")?;
-    run_conf(&k.path, m, &outs, "syncconfig")?;
+    for mode in modes {
+        run_conf(&k.path, m, &outs, mode)?;
+    }
     Ok(())
 }
 
@@ -154,7 +162,8 @@ fn base_recomputed(inp: &Inputs, m: &Manifest) -> Result<BTreeMap<String, String
             .tempdir_in(inp.cache)
             .map_err(io("create", inp.cache))?;
         let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
-        kconfig(inp.k, m, &config, &t)?;
+        // The base .config is complete (no new symbols): syncconfig alone recomputes it.
+        kconfig(inp.k, m, &config, &t, &["syncconfig"])?;
         let _ = std::fs::rename(tmp.keep(), &dir);
     }
     Ok(parse_config(
@@ -291,7 +300,6 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         return Ok(v);
     }
     let base_orig = parse_config(&inp.k.auto_conf);
-    let base = base_recomputed(inp, &m)?;
     let config =
         std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
     let tmp = tempfile::Builder::new()
@@ -299,7 +307,20 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .tempdir_in(inp.cache)
         .map_err(io("create", inp.cache))?;
     let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
-    kconfig(inp.k, &m, &apply(&config, &sorted), &t)?;
+    // The base recompute (cached) and the variant are independent Kconfig runs: run both at once.
+    let (base, made) = std::thread::scope(|scope| {
+        let base = scope.spawn(|| base_recomputed(inp, &m));
+        let made = kconfig(
+            inp.k,
+            &m,
+            &apply(&config, &sorted),
+            &t,
+            &["olddefconfig", "syncconfig"],
+        );
+        (base.join().expect("base Kconfig thread"), made)
+    });
+    made?;
+    let base = base?;
     let variant = parse_config(
         &std::fs::read_to_string(t.join("include/config/auto.conf")).map_err(io("read", &t))?,
     );
