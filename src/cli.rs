@@ -64,10 +64,13 @@ its own (D/<package>/): an overlay whose directories along the module's path are
 everything else links into the Kbuild tree (K) and the source tree (S). Nothing is ever written
 into K or S. Module names, symbol versions (MODVERSIONS CRCs) and .text match the in-tree build.
 
-A package is a set of CONFIG symbols (Kconfig options) that are `=m` (module) in the base
-configuration, the .ko files they build (derived from the kernel's Makefiles when not given),
-and the packages it depends on. Symbols that are built in (`=y`), not enabled, or that build no
-module (bool options) are refused with the reason.
+A package is a set of CONFIG symbols (Kconfig options; bare tristate symbols mean `=m`, bare
+bool options `=y`, or an explicit `CONFIG_X=value`), the .ko files they build (derived from the
+kernel's Makefiles when not given), and the packages it depends on. When the base configuration
+does not satisfy the package, a configuration variant is generated with the kernel's own Kconfig
+(see `extmod variant --help`) and the package is built against it; a variant that changes
+built-in code is refused, naming each symbol, unless --allow-kernel-change. A bare symbol that is
+built in (`=y`), unknown, or builds no module is refused with the reason.
 
 Results go to OUT/<package>/lib/modules/<release>/kernel/<path>.ko, like `make
 modules_install`, with the package's Module.symvers; ready for `depmod -b`. Packages whose
