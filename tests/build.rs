@@ -205,11 +205,6 @@ fn refusals_and_bad_input_have_distinct_codes() {
         ("CONFIG_NO_SUCH_THING", 20, "is not a Kconfig symbol"),
         ("CONFIG_NET", 21, "is a bool option: it builds no module"),
         ("CONFIG_CRC32", 22, "is built into the base kernel (=y)"),
-        (
-            "CONFIG_NLMON",
-            23,
-            "is not enabled in the base configuration",
-        ),
     ] {
         let o = build_cmd(tk, &d, &out)
             .arg(sym)
@@ -221,6 +216,24 @@ fn refusals_and_bad_input_have_distinct_codes() {
         assert!(err.contains(text), "{sym}: {err}");
         assert!(err.contains("  hint: "), "{sym}: {err}");
     }
+    // Not in the base config, against a tree that cannot make variants (a full object dir).
+    let o = extmod()
+        .arg("build")
+        .arg("--kbuild")
+        .arg(&tk.obj)
+        .arg("--srctree")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(&d)
+        .arg("-O")
+        .arg(&out)
+        .arg("CONFIG_NLMON")
+        .assert()
+        .code(23)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("CONFIG_NLMON=m not in the base configuration, and the Kbuild tree cannot make configuration variants"), "{err}");
     // Paths Kbuild cannot take.
     for bad in ["with space", "with:colon", "with%percent"] {
         let o = build_cmd(tk, &tmp.path().join(bad), &out)
