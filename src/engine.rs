@@ -35,6 +35,8 @@ pub struct BuildOptions {
     pub dry_run: bool,
     /// Build packages whose variant changes built-in code (labelled as not matching).
     pub allow_kernel_change: bool,
+    /// make's jobserver, when extmod runs under make (from a `+` recipe line).
+    pub inherited_jobserver: Option<jobserver::Client>,
 }
 
 /// One `make` call: the modules of a package in one directory.
@@ -287,6 +289,14 @@ fn plan(
         let sym = &req.symbol;
         let base = ctx.k.value(sym);
         let ty = index.sym_type(sym);
+        if ty.is_none() && base.is_none() && req.value.as_deref() == Some("n") {
+            // Kconfig ignores settings of symbols this kernel does not have (OpenWrt packages
+            // carry such `=n` entries across kernel versions).
+            notes.push(format!(
+                "CONFIG_{sym}=n ignored: not a symbol of this kernel"
+            ));
+            continue;
+        }
         if ty.is_none() && base.is_none() {
             return refused(refusal(
                 code::UNKNOWN_SYMBOL,
@@ -458,6 +468,25 @@ fn plan(
             ));
         }
     }
+    for f in &pkg.files {
+        // A module no Makefile of its directory mentions cannot be built: say so before make.
+        let dir = module_dir(f);
+        let obj = format!(
+            "{}.o",
+            f.rsplit('/').next().unwrap_or(f).trim_end_matches(".ko")
+        );
+        let mentioned = ["Makefile", "Kbuild"].iter().any(|mk| {
+            std::fs::read_to_string(ctx.src.path.join(&dir).join(mk))
+                .is_ok_and(|t| t.contains(&obj))
+        });
+        if !mentioned {
+            return refused(refusal(
+                code::NO_MODULE,
+                format!("no Makefile in {dir}/ builds {obj}: module '{f}' is missing"),
+                "check the path in `files` against the kernel tree (`extmod which CONFIG_X` lists what a symbol builds)",
+            ));
+        }
+    }
     modules.extend(pkg.files.iter().cloned());
     if modules.is_empty() {
         return refused(refusal(
@@ -509,6 +538,8 @@ fn command_line(ctx: &Ctx, job: &Job, unit: &Unit, extra: &[Utf8PathBuf]) -> Str
 struct Slots {
     client: jobserver::Client,
     implicit_free: AtomicBool,
+    /// How the slots are shared, for the report.
+    what: String,
 }
 
 enum Token {
@@ -517,15 +548,15 @@ enum Token {
 }
 
 impl Slots {
-    fn new(jobs: Option<usize>) -> Result<Self, Error> {
-        if jobs.is_none() {
-            // SAFETY: called before any other thread opens file descriptors.
-            if let Some(client) = unsafe { jobserver::Client::from_env() } {
-                return Ok(Slots {
-                    client,
-                    implicit_free: AtomicBool::new(true),
-                });
-            }
+    fn new(jobs: Option<usize>, inherited: Option<jobserver::Client>) -> Result<Self, Error> {
+        if jobs.is_none()
+            && let Some(client) = inherited
+        {
+            return Ok(Slots {
+                client,
+                implicit_free: AtomicBool::new(true),
+                what: "make's jobserver".into(),
+            });
         }
         let n = jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
@@ -535,6 +566,7 @@ impl Slots {
         Ok(Slots {
             client,
             implicit_free: AtomicBool::new(false),
+            what: format!("a jobserver of {n} slots"),
         })
     }
 
@@ -562,7 +594,10 @@ fn execute(
     opts: &BuildOptions,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<Vec<PackageResult>, Error> {
-    let slots = Slots::new(opts.jobs)?;
+    let slots = Slots::new(opts.jobs, opts.inherited_jobserver.clone())?;
+    emit(Event::Jobs {
+        what: slots.what.clone(),
+    });
     let names: Vec<String> = plans
         .iter()
         .map(|p| match p {
@@ -572,9 +607,19 @@ fn execute(
         .collect();
     let mut results: Vec<Option<PackageResult>> = vec![None; plans.len()];
     let mut pending: Vec<(usize, Job)> = Vec::new();
+    // Providers the base build lacks (built through a variant) are chained to their dependents
+    // with KBUILD_EXTRA_SYMBOLS, whether they are built in this run or fresh from an earlier one.
+    let mut chain: HashMap<String, Utf8PathBuf> = HashMap::new();
     for (i, p) in plans.into_iter().enumerate() {
         match p {
             Plan::Done(r) => {
+                if r.status == Status::Fresh
+                    && r.modules
+                        .iter()
+                        .any(|m| ctx.k.built_module(m) == Some(false))
+                {
+                    chain.insert(r.name.clone(), ctx.pkg_dir(&r.name).join("Module.symvers"));
+                }
                 emit(Event::Finished(r.clone()));
                 results[i] = Some(r);
             }
@@ -586,7 +631,7 @@ fn execute(
         .enumerate()
         .map(|(i, n)| (n.clone(), i))
         .collect();
-    let symvers: Mutex<HashMap<String, Utf8PathBuf>> = Mutex::new(HashMap::new());
+    let symvers: Mutex<HashMap<String, Utf8PathBuf>> = Mutex::new(chain);
     let stop = AtomicBool::new(false);
     let (tx, rx) = mpsc::channel::<(usize, PackageResult)>();
     std::thread::scope(|scope| {
@@ -645,6 +690,17 @@ fn execute(
                 scope.spawn(move || {
                     let token = slots.acquire();
                     let r = match token {
+                        // Waiting for a slot may outlast an interrupt or a failure.
+                        Ok(t) if stop.load(Ordering::SeqCst) || interrupted() => {
+                            slots.release(t);
+                            let mut r = PackageResult::new(&job.pkg.name, Status::Skipped);
+                            r.error = Some(if interrupted() {
+                                "not started: interrupted".into()
+                            } else {
+                                "not started after an earlier failure (use --keep-going to build the rest)".into()
+                            });
+                            r
+                        }
                         Ok(t) => {
                             let r = build_package(ctx, &job, &extra, slots, emit);
                             slots.release(t);
@@ -856,6 +912,15 @@ fn explain_failure(log: &str, ctx: &Ctx) -> String {
             &c[2],
             &c[1],
             provider_hint(ctx, &c[1])
+        ));
+    }
+    static LICENSE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"ERROR: modpost: (missing MODULE_LICENSE\(\) in \S+)").unwrap()
+    });
+    for c in LICENSE.captures_iter(log).take(3) {
+        out.push(format!(
+            "{} (the object was compiled as built-in code: its CONFIG symbol is not =m in the configuration this build saw)",
+            &c[1]
         ));
     }
     for c in TWICE.captures_iter(log).take(3) {

@@ -63,6 +63,8 @@ impl PackageResult {
 pub enum Event {
     /// The plan: how many packages, how many need make.
     Planned { packages: usize, to_build: usize },
+    /// How make jobs are shared (extmod's own jobserver, or make's).
+    Jobs { what: String },
     /// make started for a package.
     Started { package: String, command: String },
     /// A line of make's output (Kbuild's `  CC [M]  drivers/net/dummy.o` style).

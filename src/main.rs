@@ -61,6 +61,10 @@ fn report_error(e: &Error) -> u8 {
 }
 
 fn build(args: &BuildArgs) -> u8 {
+    // make's jobserver, before anything opens a file that could take its descriptors' numbers;
+    // checked to be pipes, so a recipe without `+` (descriptors closed) falls back to our own.
+    // SAFETY: the descriptors named in MAKEFLAGS are not used by anything else in this process.
+    let inherited = unsafe { jobserver::Client::from_env_ext(true) }.client.ok();
     kbuild_install::process::install_interrupt_handler();
     let mut packages = Vec::new();
     if let Some(f) = &args.packages {
@@ -85,6 +89,7 @@ fn build(args: &BuildArgs) -> u8 {
         keep_going: args.keep_going,
         dry_run: args.dry_run,
         allow_kernel_change: args.allow_kernel_change,
+        inherited_jobserver: inherited,
     };
     let reporter = reporter::Reporter::new(reporter::Mode::detect(args.json));
     let start = std::time::Instant::now();

@@ -134,6 +134,7 @@ impl Reporter {
                     ));
                 }
             }
+            Event::Jobs { what } => self.line(&format!("{:>12} make jobs share {what}", "Jobs")),
             Event::Started { package, command } => {
                 if self.mode == Mode::Bars {
                     let mut bars = self.bars.lock().unwrap();

@@ -21,8 +21,7 @@ fn kbuild() -> &'static Path {
     static K: OnceLock<PathBuf> = OnceLock::new();
     K.get_or_init(|| {
         let tk = test_kernel();
-        let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("kbuild-build-{}", std::process::id()));
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kbuild-build");
         extmod()
             .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
             .arg(&tk.src)
@@ -310,7 +309,8 @@ fn failure_is_contained_and_keep_going_builds_the_rest() {
     let pf = tmp.path().join("p.toml");
     std::fs::write(
         &pf,
-        "[[package]]\nname = \"broken\"\nkconfig = [\"CONFIG_DUMMY\"]\nfiles = [\"drivers/net/no_such_module.ko\"]\n\
+        "[[package]]\nname = \"broken\"\nkconfig = [\"CONFIG_DUMMY\"]\nfiles = [\"drivers/net/nlmon.ko\"]\n\
+         [[package]]\nname = \"typo\"\nkconfig = [\"CONFIG_DUMMY\"]\nfiles = [\"drivers/net/no_such_module.ko\"]\n\
          [[package]]\nname = \"needs-broken\"\nkconfig = [\"CONFIG_VETH\"]\ndepends = [\"broken\"]\n\
          [[package]]\nname = \"fine\"\nkconfig = [\"CONFIG_CRC7\"]\n",
     )
@@ -351,7 +351,24 @@ fn failure_is_contained_and_keep_going_builds_the_rest() {
         .find(|p| p["name"] == "broken")
         .unwrap()["error"]
         .to_string();
-    assert!(err.contains("no_such_module"), "{err}");
+    assert!(
+        err.contains("missing MODULE_LICENSE() in drivers/net/nlmon.o"),
+        "{err}"
+    );
+    assert!(err.contains("compiled as built-in code"), "{err}");
+    assert_eq!(status("typo"), "refused");
+    let typo = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "typo")
+        .unwrap();
+    assert!(
+        typo["refusal"]["cause"]
+            .as_str()
+            .unwrap()
+            .contains("module 'drivers/net/no_such_module.ko' is missing")
+    );
     assert!(d.join("broken/build.log").is_file());
     // Staging leaves nothing half-written behind.
     let names: Vec<_> = std::fs::read_dir(&out)
@@ -473,4 +490,89 @@ fn same_packages_build_against_debian_linux_headers() {
         "only {built} packages built against {}",
         headers.display()
     );
+}
+
+#[test]
+fn shares_makes_jobserver_from_a_plus_recipe() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-make-");
+    let mk = tmp.path().join("Makefile");
+    let cmd = format!(
+        "$(EXTMOD) build --kbuild {} --srctree {} -D {} -O {} CONFIG_DUMMY CONFIG_CRC7",
+        kbuild().display(),
+        tk.src.display(),
+        tmp.path().join("objs").display(),
+        tmp.path().join("out").display()
+    );
+    std::fs::write(&mk, format!("shared:\n\t+{cmd}\nown:\n\t{cmd}\n")).unwrap();
+    for (goal, want) in [
+        ("shared", "make jobs share make's jobserver"),
+        ("own", "make jobs share a jobserver of"),
+    ] {
+        let o = std::process::Command::new("make")
+            .args(["-j2", "-f"])
+            .arg(&mk)
+            .arg(format!("EXTMOD={}", env!("CARGO_BIN_EXE_extmod")))
+            .arg(goal)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{goal}: {err}");
+        assert!(err.contains(want), "{goal}: {err}");
+    }
+}
+
+#[test]
+fn interrupt_stops_make_and_leaves_nothing_half_staged() {
+    use std::io::BufRead;
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-int-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_extmod"))
+        .arg("build")
+        .arg("--kbuild")
+        .arg(kbuild())
+        .arg("--srctree")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(&d)
+        .arg("-O")
+        .arg(&out)
+        .args(module_symbols(tk))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while err.read_line(&mut line).unwrap() > 0 && !line.contains("Running") {
+        line.clear();
+    }
+    assert!(line.contains("Running"), "no make started");
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut err, &mut rest);
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "{rest}");
+    std::thread::sleep(Duration::from_millis(500));
+    let left = std::process::Command::new("pgrep")
+        .arg("-f")
+        .arg(d.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "processes left running: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    if out.exists() {
+        for e in std::fs::read_dir(&out).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            assert!(!name.starts_with('.'), "half-staged {name} left in OUT");
+        }
+    }
 }

@@ -20,8 +20,7 @@ fn kbuild() -> &'static Path {
     static K: OnceLock<PathBuf> = OnceLock::new();
     K.get_or_init(|| {
         let tk = test_kernel();
-        let dest = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("kbuild-variant-{}", std::process::id()));
+        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kbuild-variant");
         extmod()
             .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
             .arg(&tk.src)
