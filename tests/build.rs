@@ -576,3 +576,51 @@ fn interrupt_stops_make_and_leaves_nothing_half_staged() {
         }
     }
 }
+
+#[test]
+fn example_package_file_builds() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-build-example-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let o = build_cmd(tk, &d, &out)
+        .arg("--packages")
+        .arg(common::repo().join("examples/packages.toml"))
+        .arg("--json")
+        .assert()
+        .success()
+        .get_output()
+        .clone();
+    let doc = json_of(&o.stdout);
+    assert_eq!(doc["summary"]["built"], 6, "{doc}");
+    let kernel = out
+        .join("kmod-zram/lib/modules")
+        .join(tk.release())
+        .join("kernel");
+    assert!(kernel.join("drivers/block/zram/zram.ko").is_file());
+    // Built after the packages it depends on.
+    let names: Vec<&str> = doc["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    let pos = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(pos("kmod-lib-lzo") < pos("kmod-zram") && pos("kmod-nls-base") < pos("kmod-nls-utf8"));
+}
+
+#[test]
+fn man_pages_are_generated() {
+    let tmp = common::tempdir("extmod-man-");
+    extmod().arg("man").arg(tmp.path()).assert().success();
+    for page in [
+        "extmod.1",
+        "extmod-build.1",
+        "extmod-kbuild-install.1",
+        "extmod-variant.1",
+        "extmod-audit.1",
+    ] {
+        let text = std::fs::read_to_string(tmp.path().join(page))
+            .unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.contains(".TH"), "{page}");
+    }
+}
