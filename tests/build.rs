@@ -19,19 +19,7 @@ fn extmod() -> Command {
 /// One Kbuild tree per test process, made by `extmod kbuild-install`.
 fn kbuild() -> &'static Path {
     static K: OnceLock<PathBuf> = OnceLock::new();
-    K.get_or_init(|| {
-        let tk = test_kernel();
-        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kbuild-build");
-        extmod()
-            .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
-            .arg(&tk.src)
-            .arg("--objtree")
-            .arg(&tk.obj)
-            .arg(&dest)
-            .assert()
-            .success();
-        dest
-    })
+    K.get_or_init(|| common::kbuild("kbuild-build"))
 }
 
 fn build_cmd(tk: &TestKernel, d: &Path, out: &Path) -> Command {
@@ -402,30 +390,9 @@ fn dry_run_prints_the_make_command_lines() {
     assert!(!d.exists() && !out.exists(), "--dry-run must not write");
 }
 
-/// Debian's linux-headers package for the test kernel's source version, when installed.
-fn debian_headers() -> Option<PathBuf> {
-    let tk = test_kernel();
-    let version = std::fs::read_to_string(tk.obj.join("include/config/kernel.release")).unwrap();
-    let dir = std::fs::read_dir("/usr/src")
-        .ok()?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            let n = p.file_name().unwrap().to_string_lossy().into_owned();
-            n.starts_with(&format!("linux-headers-{}+", version.trim())) && n.ends_with("-amd64")
-        });
-    if dir.is_none() {
-        eprintln!(
-            "SKIP: no /usr/src/linux-headers-{}+*-amd64 (scripts/deps installs it)",
-            version.trim()
-        );
-    }
-    dir
-}
-
 #[test]
 fn same_packages_build_against_debian_linux_headers() {
-    let Some(headers) = debian_headers() else {
+    let Some(headers) = common::debian_headers() else {
         return;
     };
     let tk = test_kernel();

@@ -18,19 +18,7 @@ fn extmod() -> Command {
 
 fn kbuild() -> &'static Path {
     static K: OnceLock<PathBuf> = OnceLock::new();
-    K.get_or_init(|| {
-        let tk = test_kernel();
-        let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join("kbuild-variant");
-        extmod()
-            .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
-            .arg(&tk.src)
-            .arg("--objtree")
-            .arg(&tk.obj)
-            .arg(&dest)
-            .assert()
-            .success();
-        dest
-    })
+    K.get_or_init(|| common::kbuild("kbuild-variant"))
 }
 
 fn build(d: &Path, out: &Path, args: &[&str]) -> (i32, Value, String) {

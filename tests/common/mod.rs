@@ -74,3 +74,48 @@ pub fn fingerprint(root: &Path) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A Kbuild tree of the test kernel made by `extmod kbuild-install` (without the self-test),
+/// at `target/tmp/<name>`, once per test process.
+pub fn kbuild(name: &str) -> PathBuf {
+    static TREES: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut trees = TREES.lock().unwrap();
+    if let Some((_, p)) = trees.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let tk = test_kernel();
+    let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let out = Command::new(env!("CARGO_BIN_EXE_extmod"))
+        .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
+        .arg(&tk.src)
+        .arg("--objtree")
+        .arg(&tk.obj)
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    trees.push((name.to_string(), dest.clone()));
+    dest
+}
+
+/// Debian's linux-headers-<release>-amd64 for the test kernel's source version, when installed
+/// (scripts/deps installs it); prints why a test is skipped otherwise.
+pub fn debian_headers() -> Option<PathBuf> {
+    let version = test_kernel().release();
+    let dir = std::fs::read_dir("/usr/src")
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&format!("linux-headers-{version}+")) && n.ends_with("-amd64")
+        });
+    if dir.is_none() {
+        eprintln!("SKIP: no /usr/src/linux-headers-{version}+*-amd64 (scripts/deps installs it)");
+    }
+    dir
+}
