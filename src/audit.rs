@@ -408,3 +408,92 @@ pub fn catch_all(name: &str, findings: &[Finding]) -> String {
         files.join("\n")
     )
 }
+
+/// Package counts per finding kind, and the symbols behind kernel-affecting packages.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Packages with no kernel-affecting finding: buildable without changing the kernel.
+    pub without_kernel_change: usize,
+    pub kernel_affecting: usize,
+    /// Symbol -> number of packages it makes kernel-affecting, most first.
+    pub kernel_affecting_symbols: Vec<(String, usize)>,
+    pub missing_dependency: usize,
+    pub files_disagree: usize,
+    pub default_reliance: usize,
+    pub autoload_not_in_files: usize,
+    pub unpackaged_modules: usize,
+}
+
+pub fn summary(packages: &[AuditPackage], findings: &[Finding]) -> Summary {
+    let with = |kinds: &[&str]| {
+        findings
+            .iter()
+            .filter(|f| kinds.contains(&f.kind))
+            .filter_map(|f| f.package.as_deref())
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    let mut syms: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for f in findings.iter().filter(|f| f.kind == "kernel-affecting") {
+        if let (Some(p), Some(sym)) = (
+            f.package.as_deref(),
+            f.message
+                .split_whitespace()
+                .find(|w| w.starts_with("CONFIG_"))
+                .map(|w| w.split('=').next().unwrap_or(w).to_string()),
+        ) {
+            syms.entry(sym).or_default().insert(p);
+        }
+    }
+    let mut kernel_affecting_symbols: Vec<(String, usize)> =
+        syms.into_iter().map(|(s, p)| (s, p.len())).collect();
+    kernel_affecting_symbols.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let kernel_affecting = with(&["kernel-affecting"]);
+    Summary {
+        without_kernel_change: packages.len() - kernel_affecting,
+        kernel_affecting,
+        kernel_affecting_symbols,
+        missing_dependency: with(&["missing-dependency"]),
+        files_disagree: with(&["files-missing", "files-extra"]),
+        default_reliance: with(&["default-reliance"]),
+        autoload_not_in_files: with(&["autoload-not-in-files"]),
+        unpackaged_modules: findings.iter().filter(|f| f.kind == "unpackaged").count(),
+    }
+}
+
+pub fn summary_lines(s: &Summary) -> Vec<String> {
+    let top: Vec<String> = s
+        .kernel_affecting_symbols
+        .iter()
+        .take(10)
+        .map(|(sym, n)| format!("{sym} ({n})"))
+        .collect();
+    vec![
+        format!(
+            "  packages buildable without changing the kernel: {}",
+            s.without_kernel_change
+        ),
+        format!(
+            "  kernel-affecting packages: {} (most by {})",
+            s.kernel_affecting,
+            top.join(", ")
+        ),
+        format!(
+            "  packages with missing dependency declarations: {}",
+            s.missing_dependency
+        ),
+        format!(
+            "  packages whose FILES disagree with the Makefiles: {}",
+            s.files_disagree
+        ),
+        format!(
+            "  packages relying on a symbol's default: {}",
+            s.default_reliance
+        ),
+        format!(
+            "  packages with AUTOLOAD names not in FILES: {}",
+            s.autoload_not_in_files
+        ),
+        format!("  unpackaged modules: {}", s.unpackaged_modules),
+    ]
+}

@@ -319,12 +319,14 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
         .iter()
         .filter(|f| f.level == audit::Level::Error)
         .count();
+    let summary = audit::summary(&packages, &findings);
     if args.json {
         let doc = serde_json::json!({
             "packages": packages.len(),
             "modules_checked_for_dependencies": deps.len(),
             "errors": errors,
             "warnings": findings.len() - errors,
+            "summary": summary,
             "findings": findings,
         });
         println!(
@@ -350,6 +352,9 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
             errors,
             findings.len() - errors
         );
+        for line in audit::summary_lines(&summary) {
+            eprintln!("{line}");
+        }
     }
     if let Some(name) = &args.catch_all {
         print!("{}", audit::catch_all(name, &findings));

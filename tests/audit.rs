@@ -180,6 +180,17 @@ fn openwrt_table_audit_completes() {
         count("autoload-not-in-files")
     );
     assert!(count("kernel-affecting") > 100);
+    let summary = &doc["summary"];
+    eprintln!("summary: {summary}");
+    let buildable = summary["without_kernel_change"].as_u64().unwrap();
+    let affecting = summary["kernel_affecting"].as_u64().unwrap();
+    assert_eq!(buildable + affecting, doc["packages"].as_u64().unwrap());
+    assert!(
+        summary["kernel_affecting_symbols"][0][0]
+            .as_str()
+            .unwrap()
+            .starts_with("CONFIG_")
+    );
     assert!(
         count("autoload-not-in-files") >= 30,
         "the table's notes list 33"
