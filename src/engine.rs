@@ -21,7 +21,7 @@ use std::sync::{LazyLock, Mutex, OnceLock, mpsc};
 use std::time::{Instant, UNIX_EPOCH};
 
 const STATE: &str = "state.json";
-const STATE_FORMAT: u32 = 1;
+const STATE_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -66,7 +66,7 @@ struct State {
     format: u32,
     key: String,
     modules: Vec<String>,
-    /// Files the build read, relative to the overlay root, with size and mtime (ns).
+    /// Files the build read (real paths), with size and mtime (ns).
     inputs: Vec<(String, u64, i128)>,
 }
 
@@ -1067,7 +1067,10 @@ fn inputs(tree: &Utf8Path, job: &Job) -> Vec<(String, u64, i128)> {
             } else {
                 tree.join(&f)
             };
-            stat(&full).map(|(s, t)| (f, s, t))
+            // Recorded by real path: the next run's check then stats each header once for all
+            // packages, without walking the overlay's symlinks.
+            let real = kbuild_install::tree::canonical(&full).ok()?;
+            stat(&real).map(|(s, t)| (real.to_string(), s, t))
         })
         .collect()
 }

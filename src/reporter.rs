@@ -4,7 +4,7 @@
 use crate::events::{Event, PackageResult, Status};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -108,7 +108,9 @@ impl Reporter {
             Mode::Bars => {
                 let _ = self.multi.println(s);
             }
-            Mode::Plain => eprintln!("{s}"),
+            Mode::Plain => {
+                let _ = std::io::stderr().write_all(format!("{s}\n").as_bytes());
+            }
             Mode::Json => {}
         }
     }
@@ -203,9 +205,9 @@ impl Reporter {
             .max()
             .unwrap_or(7)
             .max(7);
-        eprintln!();
-        eprintln!(
-            "{:<width$}  {:<8}  {:>7}  modules",
+        // One write for the whole table.
+        let mut table = format!(
+            "\n{:<width$}  {:<8}  {:>7}  modules\n",
             "package", "status", "time"
         );
         for r in results {
@@ -214,22 +216,23 @@ impl Reporter {
             } else {
                 "-".into()
             };
-            eprintln!(
-                "{:<width$}  {:<8}  {:>7}  {}",
+            table.push_str(&format!(
+                "{:<width$}  {:<8}  {:>7}  {}\n",
                 r.name,
                 format!("{:?}", r.status).to_lowercase(),
                 t,
                 r.modules.len()
-            );
+            ));
         }
-        eprintln!(
-            "built {}, fresh {}, failed {}, refused {}, skipped {} in {:.1}s",
+        table.push_str(&format!(
+            "built {}, fresh {}, failed {}, refused {}, skipped {} in {:.1}s\n",
             count(Status::Built),
             count(Status::Fresh),
             count(Status::Failed),
             count(Status::Refused),
             count(Status::Skipped),
             seconds
-        );
+        ));
+        let _ = std::io::stderr().write_all(table.as_bytes());
     }
 }
