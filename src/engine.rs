@@ -54,6 +54,9 @@ struct Job {
     key: String,
     notes: Vec<String>,
     variant: Option<crate::variant::Variant>,
+    /// Directories the build writes into: the units' and those of every object of the modules
+    /// (composite parts in subdirectories or `../`); real directories in the overlay.
+    write_dirs: BTreeSet<String>,
 }
 
 enum Plan {
@@ -68,6 +71,9 @@ struct State {
     modules: Vec<String>,
     /// Files the build read (real paths), with size and mtime (ns).
     inputs: Vec<(String, u64, i128)>,
+    /// The build's notes (e.g. the --allow-kernel-change label), repeated when fresh.
+    #[serde(default)]
+    notes: Vec<String>,
 }
 
 struct Ctx {
@@ -102,19 +108,6 @@ impl Ctx {
     }
 }
 
-fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf, Error> {
-    if p.is_absolute() {
-        return Ok(p.to_owned());
-    }
-    let cwd = std::env::current_dir().map_err(|e| KError::io("read current directory", ".", e))?;
-    Ok(Utf8PathBuf::from_path_buf(cwd)
-        .map_err(|_| Error::BadPath {
-            path: p.to_owned(),
-            what: "a non-UTF-8 current directory".into(),
-        })?
-        .join(p))
-}
-
 fn refusal(code: u8, cause: String, hint: &str) -> Refusal {
     Refusal {
         code,
@@ -131,8 +124,8 @@ pub fn run(
     if opts.packages.is_empty() {
         return Err(Error::NoPackages);
     }
-    let objdir = absolute(&opts.objdir)?;
-    let dest = absolute(&opts.dest)?;
+    let objdir = kbuild_install::install::absolute(&opts.objdir)?;
+    let dest = kbuild_install::install::absolute(&opts.dest)?;
     for p in [&opts.kbuild, &opts.srctree, &objdir, &dest] {
         crate::error::check_kbuild_path(p)?;
     }
@@ -147,10 +140,21 @@ pub fn run(
         }
         .into());
     }
+    // D and OUT are written and cleaned: never inside S or K, and never holding them.
+    let objdir = kbuild_install::tree::resolve(&objdir)?;
+    let dest = kbuild_install::tree::resolve(&dest)?;
     for p in [&objdir, &dest] {
         for (tree, which) in [(&src.path, "source"), (&k.path, "Kbuild")] {
             if p.starts_with(tree) {
                 return Err(KError::DestInsideTree {
+                    dest: p.clone(),
+                    which,
+                    tree: tree.clone(),
+                }
+                .into());
+            }
+            if tree.starts_with(p) {
+                return Err(KError::TreeInsideDest {
                     dest: p.clone(),
                     which,
                     tree: tree.clone(),
@@ -231,6 +235,8 @@ fn package_key(ctx: &Ctx, pkg: &Package) -> String {
     h.update(ctx.k.identity.as_bytes());
     h.update(ctx.k.path.as_str().as_bytes());
     h.update(ctx.src.path.as_str().as_bytes());
+    // A package built with --allow-kernel-change is not fresh for a run without it.
+    h.update([u8::from(ctx.allow_kernel_change)]);
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(STATE_FORMAT.to_le_bytes());
     format!("{:x}", h.finalize())
@@ -268,6 +274,7 @@ fn plan(
         if unchanged && state.modules.iter().all(|m| staged.join(m).is_file()) {
             let mut r = PackageResult::new(&pkg.name, Status::Fresh);
             r.modules = state.modules;
+            r.notes = state.notes;
             r.staged = Some(ctx.staged(&pkg.name));
             return Ok(Plan::Done(r));
         }
@@ -501,10 +508,19 @@ fn plan(
         let goal = Utf8Path::new(m).file_name().unwrap_or(m).to_string();
         by_dir.entry(dir).or_default().push(goal);
     }
-    let units = by_dir
+    let units: Vec<Unit> = by_dir
         .into_iter()
         .map(|(dir, goals)| Unit { dir, goals })
         .collect();
+    let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
+    for m in &modules {
+        for o in index.objects(m) {
+            let o = o.split(' ').next().unwrap_or(&o);
+            if let Some(d) = normalize(module_dir(o).as_str()) {
+                write_dirs.insert(d);
+            }
+        }
+    }
     Ok(Plan::Build(Job {
         pkg: pkg.clone(),
         modules: modules.into_iter().collect(),
@@ -512,7 +528,23 @@ fn plan(
         key,
         notes,
         variant,
+        write_dirs,
     }))
+}
+
+/// `a/b/../c` → `a/c`; `None` when it climbs above the top.
+fn normalize(path: &str) -> Option<String> {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop()?;
+            }
+            c => out.push(c),
+        }
+    }
+    Some(out.join("/"))
 }
 
 fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -> Vec<String> {
@@ -540,6 +572,8 @@ struct Slots {
     implicit_free: AtomicBool,
     /// How the slots are shared, for the report.
     what: String,
+    /// At most this many package threads at once (each holds or waits for one slot).
+    workers: usize,
 }
 
 enum Token {
@@ -556,6 +590,9 @@ impl Slots {
                 client,
                 implicit_free: AtomicBool::new(true),
                 what: "make's jobserver".into(),
+                workers: std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2),
             });
         }
         let n = jobs
@@ -567,6 +604,7 @@ impl Slots {
             client,
             implicit_free: AtomicBool::new(false),
             what: format!("a jobserver of {n} slots"),
+            workers: n,
         })
     }
 
@@ -578,7 +616,29 @@ impl Slots {
         {
             return Ok(Token::Implicit);
         }
-        self.client.acquire().map(Token::Acquired)
+        // Poll rather than block: a blocked read is not woken when the implicit slot comes
+        // back, nor by Ctrl-C.
+        loop {
+            match self.client.try_acquire() {
+                Ok(Some(a)) => return Ok(Token::Acquired(a)),
+                Ok(None) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                    return self.client.acquire().map(Token::Acquired);
+                }
+                Err(e) => return Err(e),
+            }
+            if interrupted() {
+                return Err(std::io::Error::other("interrupted"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            if self
+                .implicit_free
+                .compare_exchange(true, false, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                return Ok(Token::Implicit);
+            }
+        }
     }
 
     fn release(&self, t: Token) {
@@ -639,7 +699,7 @@ fn execute(
         loop {
             // Start every job whose dependencies are settled.
             let mut i = 0;
-            while i < pending.len() {
+            while i < pending.len() && running < slots.workers {
                 let deps: Vec<Option<Status>> = pending[i]
                     .1
                     .pkg
@@ -702,9 +762,15 @@ fn execute(
                             r
                         }
                         Ok(t) => {
-                            let r = build_package(ctx, &job, &extra, slots, emit);
+                            let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                build_package(ctx, &job, &extra, slots, emit)
+                            }));
                             slots.release(t);
-                            r
+                            built.unwrap_or_else(|_| {
+                                let mut r = PackageResult::new(&job.pkg.name, Status::Failed);
+                                r.error = Some("internal error: the build thread panicked".into());
+                                r
+                            })
                         }
                         Err(e) => {
                             let mut r = PackageResult::new(&job.pkg.name, Status::Failed);
@@ -759,12 +825,16 @@ fn build_package(
     r.notes = job.notes.clone();
     let log_path = ctx.pkg_dir(name).join("build.log");
     r.log = Some(log_path.clone());
+    let started = std::time::SystemTime::now();
+    // Providers chained into this package: its dependencies', then its own earlier units'.
+    let deps_extra = extra;
+    let mut extra = extra.to_vec();
     let outcome = (|| -> Result<(), String> {
         prepare_tree(ctx, job).map_err(|e| e.to_string())?;
         let mut log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
         for unit in &job.units {
-            let args = make_args(ctx, job, unit, extra);
+            let args = make_args(ctx, job, unit, &extra);
             let line = process::display("make", &args);
             r.commands.push(line.clone());
             emit(Event::Started {
@@ -809,7 +879,16 @@ fn build_package(
                 return Err("interrupted".into());
             }
             match status {
-                Some(s) if s.success() => {}
+                Some(s) if s.success() => {
+                    // Later units see this one's exports when the base list lacks or filters them.
+                    let fresh_exports = job.variant.is_some()
+                        || unit.goals.iter().any(|g| {
+                            ctx.k.built_module(&format!("{}/{g}", unit.dir)) == Some(false)
+                        });
+                    if fresh_exports {
+                        extra.push(ctx.tree(name).join(&unit.dir).join("Module.symvers"));
+                    }
+                }
                 other => {
                     let why = explain_failure(&text, ctx);
                     let st = other.map_or("did not finish".to_string(), |s| s.to_string());
@@ -817,7 +896,7 @@ fn build_package(
                 }
             }
         }
-        stage(ctx, job).map_err(|e| e.to_string())?;
+        stage(ctx, job, deps_extra, started).map_err(|e| e.to_string())?;
         Ok(())
     })();
     r.seconds = start.elapsed().as_secs_f64();
@@ -836,16 +915,37 @@ fn build_package(
 fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
     let dir = ctx.pkg_dir(&job.pkg.name);
     let tree = ctx.tree(&job.pkg.name);
-    let same_key = std::fs::read_to_string(dir.join(STATE))
-        .ok()
-        .and_then(|t| serde_json::from_str::<State>(&t).ok())
-        .is_some_and(|s| s.key == job.key);
+    // The overlay is reused only for the same package inputs and the same layout: the
+    // directories written, the variant, and the source listing of those directories (a new or
+    // removed file, or a new subdirectory, must not leave a stale link or miss a source).
+    let layout = {
+        let mut h = Sha256::new();
+        h.update(job.key.as_bytes());
+        for d in &job.write_dirs {
+            h.update(d.as_bytes());
+            let mut names: Vec<String> = std::fs::read_dir(ctx.src.path.join(d))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            h.update(names.join("/").as_bytes());
+        }
+        if let Some(v) = &job.variant {
+            h.update(v.dir.as_str().as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    };
+    let layout_file = dir.join("layout");
+    let same_layout = std::fs::read_to_string(&layout_file).is_ok_and(|l| l == layout);
     let _ = std::fs::remove_file(dir.join(STATE));
-    if !same_key || !tree.is_dir() {
+    if !same_layout || !tree.is_dir() {
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| KError::io("remove", &dir, e))?;
         }
-        let module_dirs: BTreeSet<String> = job.units.iter().map(|u| u.dir.clone()).collect();
+        let module_dirs = job.write_dirs.clone();
         let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
         let mut overrides = BTreeMap::new();
         if let Some(v) = &job.variant {
@@ -884,6 +984,7 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
             overrides: &overrides,
         };
         overlay::create(&tree, &layers, &module_dirs)?;
+        std::fs::write(&layout_file, &layout).map_err(|e| KError::io("write", &layout_file, e))?;
     }
     for m in &job.modules {
         let _ = std::fs::remove_file(tree.join(m));
@@ -967,7 +1068,12 @@ fn provider_hint(ctx: &Ctx, sym: &str) -> String {
 }
 
 /// Stage into `OUT/<package>` atomically and record the state for the next run.
-fn stage(ctx: &Ctx, job: &Job) -> Result<(), KError> {
+fn stage(
+    ctx: &Ctx,
+    job: &Job,
+    extra: &[Utf8PathBuf],
+    started: std::time::SystemTime,
+) -> Result<(), KError> {
     check_interrupted()?;
     let name = &job.pkg.name;
     let tree = ctx.tree(name);
@@ -1006,11 +1112,21 @@ fn stage(ctx: &Ctx, job: &Job) -> Result<(), KError> {
     std::fs::write(&pkg_symvers, &symvers).map_err(|e| KError::io("write", &pkg_symvers, e))?;
     check_interrupted()?;
     kbuild_install::fsutil::replace_dir(tmp, &ctx.staged(name), &ctx.dest, name)?;
+    let inputs = inputs(&tree, job, extra);
+    // An input changed while make ran: the modules may not reflect it, so no state is written
+    // and the next run builds again.
+    let started_ns = started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
+    if inputs.iter().any(|(_, _, t)| *t > started_ns) {
+        return Ok(());
+    }
     let state = State {
         format: STATE_FORMAT,
         key: job.key.clone(),
         modules: job.modules.clone(),
-        inputs: inputs(&tree, job),
+        inputs,
+        notes: job.notes.clone(),
     };
     let path = ctx.pkg_dir(name).join(STATE);
     std::fs::write(
@@ -1021,13 +1137,13 @@ fn stage(ctx: &Ctx, job: &Job) -> Result<(), KError> {
 }
 
 /// Every file the build read, from Kbuild's `.cmd` files, plus the module directories' Makefiles.
-fn inputs(tree: &Utf8Path, job: &Job) -> Vec<(String, u64, i128)> {
-    let mut files = BTreeSet::new();
-    for unit in &job.units {
+fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64, i128)> {
+    let mut files: BTreeSet<String> = extra.iter().map(|p| p.to_string()).collect();
+    for dir in &job.write_dirs {
         for mk in ["Makefile", "Kbuild"] {
-            files.insert(format!("{}/{mk}", unit.dir));
+            files.insert(format!("{dir}/{mk}"));
         }
-        let Ok(rd) = tree.join(&unit.dir).read_dir_utf8() else {
+        let Ok(rd) = tree.join(dir).read_dir_utf8() else {
             continue;
         };
         for e in rd.flatten() {

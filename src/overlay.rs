@@ -128,7 +128,10 @@ fn fill(
         }
         let src = layers.src.join(&p);
         if in_module_dir {
-            if is_build_output(&name) {
+            // Build outputs, and files Kbuild generated in an in-source-built tree (they have a
+            // `.<name>.cmd` beside them): the build writes those, so they must not be links.
+            if is_build_output(&name) || exists(&layers.src.join(rel).join(format!(".{name}.cmd")))
+            {
                 continue;
             }
             if exists(&src) {

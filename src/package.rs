@@ -100,13 +100,14 @@ pub fn parse(text: &str) -> Result<Vec<Package>, String> {
     let mut out = Vec::new();
     for p in file.package {
         if p.name.is_empty()
+            || p.name.starts_with('.')
             || !p
                 .name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
         {
             return Err(format!(
-                "package name `{}` may only hold letters, digits and - _ . +",
+                "package name `{}` may only hold letters, digits and - _ . + (not starting with .)",
                 p.name
             ));
         }
@@ -231,6 +232,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_definitions() {
+        for name in ["..", ".", ".variants"] {
+            let text = format!("[[package]]\nname = \"{name}\"\nkconfig = [\"X\"]\n");
+            assert!(parse(&text).is_err(), "{name}");
+        }
         assert!(
             parse("[[package]]\nname = \"a b\"\nkconfig = [\"X\"]\n")
                 .unwrap_err()

@@ -140,7 +140,7 @@ fn require_tool(tool: &str, role: &'static str) -> Result<()> {
         })
 }
 
-pub(crate) fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
+pub fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
     if p.is_absolute() {
         return Ok(p.to_owned());
     }
@@ -170,24 +170,9 @@ fn check_dest(
         })?
         .to_string();
     let parent = dest.parent().unwrap_or(Utf8Path::new("/"));
-    // Resolve the nearest existing ancestor, so the containment check runs before anything is
-    // created (DEST inside the object tree must not even get its parent directories made).
-    let mut existing = parent.to_owned();
-    let mut rest = Vec::new();
-    while existing.symlink_metadata().is_err() {
-        match (existing.file_name(), existing.parent()) {
-            (Some(n), Some(p)) => {
-                rest.push(n.to_string());
-                existing = p.to_owned();
-            }
-            _ => break,
-        }
-    }
-    let mut resolved = crate::tree::canonical(&existing)?;
-    for n in rest.iter().rev() {
-        resolved.push(n);
-    }
-    let parent = resolved;
+    // Resolved through its nearest existing ancestor, so the containment check runs before
+    // anything is created (DEST inside the object tree must not even get its parents made).
+    let parent = crate::tree::resolve(parent)?;
     let full = parent.join(&name);
     for (which, tree) in [("source", &src.path), ("object", &obj.path)] {
         if full.starts_with(tree) {

@@ -23,6 +23,28 @@ pub fn canonical(path: &Utf8Path) -> Result<Utf8PathBuf> {
     })
 }
 
+/// An absolute path with symlinks resolved, for a path that may not exist yet: its nearest
+/// existing ancestor is canonicalized and the rest appended.
+pub fn resolve(path: &Utf8Path) -> Result<Utf8PathBuf> {
+    let path = crate::install::absolute(path)?;
+    let mut existing = path.clone();
+    let mut rest = Vec::new();
+    while existing.symlink_metadata().is_err() {
+        match (existing.file_name(), existing.parent()) {
+            (Some(n), Some(p)) => {
+                rest.push(n.to_string());
+                existing = p.to_owned();
+            }
+            _ => break,
+        }
+    }
+    let mut resolved = canonical(&existing)?;
+    for n in rest.iter().rev() {
+        resolved.push(n);
+    }
+    Ok(resolved)
+}
+
 /// A kernel source tree.
 #[derive(Debug, Clone)]
 pub struct SourceTree {
