@@ -380,20 +380,19 @@ fn plan(
             })
             .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
             .collect();
-        let dirs: BTreeSet<String> = module_syms
+        let mods: BTreeSet<String> = module_syms
             .iter()
             .flat_map(|s| index.modules(s))
             .chain(pkg.files.iter().cloned())
-            .map(|m| module_dir(&m).to_string())
             .collect();
-        let dirs: Vec<String> = dirs.into_iter().collect();
+        let mods: Vec<String> = mods.into_iter().collect();
         let v = crate::variant::generate(
             &crate::variant::Inputs {
                 k: &ctx.k,
                 src: Some(&ctx.src.path),
                 index: Some(index),
                 srcarch: &ctx.srcarch,
-                module_dirs: &dirs,
+                modules: &mods,
                 cache: &ctx.objdir.join(".variants"),
             },
             &reqs,
@@ -410,7 +409,9 @@ fn plan(
                 "enable the missing dependencies in the package's kconfig, or ask for a value the symbol can take",
             ));
         }
-        let affecting = v.kernel_affecting();
+        // Toolchain drift compiles the module with values the kernel was not built with.
+        let affecting: Vec<&crate::variant::Change> =
+            v.kernel_affecting().into_iter().chain(v.drift.iter()).collect();
         if !affecting.is_empty() {
             let list: Vec<String> = affecting
                 .iter()

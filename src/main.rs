@@ -137,13 +137,10 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
     let index = src
         .as_ref()
         .map(|s| symbols::Index::build(&s.path, &manifest.srcarch));
-    // Module directories: those of the requested symbols.
-    let dirs: Vec<String> = index.as_ref().map_or_else(Vec::new, |i| {
-        let set: std::collections::BTreeSet<String> = sets
-            .iter()
-            .flat_map(|r| i.modules(&r.symbol))
-            .map(|m| symbols::module_dir(&m).to_string())
-            .collect();
+    // The modules of the requested symbols.
+    let mods: Vec<String> = index.as_ref().map_or_else(Vec::new, |i| {
+        let set: std::collections::BTreeSet<String> =
+            sets.iter().flat_map(|r| i.modules(&r.symbol)).collect();
         set.into_iter().collect()
     });
     let v = variant::generate(
@@ -152,7 +149,7 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
             src: src_path,
             index: index.as_ref(),
             srcarch: &manifest.srcarch,
-            module_dirs: &dirs,
+            modules: &mods,
             cache: &cache,
         },
         &sets,

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 const REPORT: &str = "variant.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,8 +105,8 @@ pub struct Inputs<'a> {
     pub src: Option<&'a Utf8Path>,
     pub index: Option<&'a Index>,
     pub srcarch: &'a str,
-    /// Directories of the modules the variant is for (relative to the tree).
-    pub module_dirs: &'a [String],
+    /// The modules the variant is for (`drivers/net/dummy.ko`, relative to the tree).
+    pub modules: &'a [String],
     pub cache: &'a Utf8Path,
 }
 
@@ -343,22 +343,61 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .map(|(s, _, _)| s.clone())
         .collect();
 
-    // Directories the package's modules live in: given, plus those of new modules.
-    let mut dirs: BTreeSet<String> = inp.module_dirs.iter().cloned().collect();
+    // What belongs to the modules: their objects' sources, headers in their directories, and
+    // the Makefile conditions of their composite parts. A change used anywhere else reaches
+    // built-in code (or struct layouts through include/).
+    let ty = |s: &str| inp.index.and_then(|i| i.sym_type(s));
+    let mut mods: BTreeSet<String> = inp.modules.iter().cloned().collect();
     if let Some(index) = inp.index {
         for s in &new_modules {
-            for m in index.modules(s) {
-                dirs.insert(crate::symbols::module_dir(&m).to_string());
+            mods.extend(index.modules(s));
+        }
+    }
+    let mut dirs: BTreeSet<String> = BTreeSet::new();
+    let mut sources: BTreeSet<String> = BTreeSet::new();
+    let mut part_syms: BTreeSet<String> = BTreeSet::new();
+    for m in &mods {
+        dirs.insert(crate::symbols::module_dir(m).to_string());
+        let objects = inp.index.map(|i| i.objects(m)).unwrap_or_default();
+        for o in objects {
+            let mut words = o.split(' ');
+            let obj = words.next().unwrap_or("");
+            if let Some(cond) = words.next() {
+                part_syms.insert(
+                    cond.trim_matches(|c| c == '(' || c == ')')
+                        .trim_start_matches("CONFIG_")
+                        .to_string(),
+                );
+            }
+            if let Some(stem) = obj.strip_suffix(".o") {
+                dirs.insert(crate::symbols::module_dir(obj).to_string());
+                sources.insert(format!("{stem}.c"));
+                sources.insert(format!("{stem}.S"));
             }
         }
     }
-    let ty = |s: &str| inp.index.and_then(|i| i.sym_type(s));
+    let in_dirs = |f: &str| dirs.iter().any(|d| f.starts_with(&format!("{d}/")));
+    let local = |f: &str, sym: &str, new_module: bool| {
+        let base = f.rsplit('/').next().unwrap_or(f);
+        if base.starts_with("Makefile") || base.starts_with("Kbuild") {
+            // A new module's own obj- line (and the parent's gate) only adds a module; a
+            // sub-option is local when it picks the module's own composite parts.
+            new_module
+                || (dirs.contains(crate::symbols::module_dir(f).as_str())
+                    && part_syms.contains(sym))
+        } else if f.ends_with(".h") {
+            in_dirs(f)
+        } else {
+            sources.contains(f)
+        }
+    };
     let needs_refs: Vec<String> = raw
         .iter()
         .filter(|(s, o, n)| {
-            let module_only = (o.is_none() && n.as_deref() == Some("m"))
-                || (o.as_deref() == Some("m") && n.is_none());
-            !(drifted.contains(s) || module_only || ty(s) == Some(SymType::Tristate))
+            let removed_module = o.as_deref() == Some("m") && n.is_none();
+            let tristate_y =
+                ty(s) == Some(SymType::Tristate) && !(o.is_none() && n.as_deref() == Some("m"));
+            !(drifted.contains(s) || removed_module || tristate_y)
         })
         .map(|(s, _, _)| s.clone())
         .collect();
@@ -371,11 +410,10 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         if drifted.contains(&symbol) {
             continue;
         }
-        let (class, why) = if old.is_none() && new.as_deref() == Some("m") {
-            (Class::ModuleLocal, "new module".to_string())
-        } else if old.as_deref() == Some("m") && new.is_none() {
+        let new_module = old.is_none() && new.as_deref() == Some("m");
+        let (class, why) = if old.as_deref() == Some("m") && new.is_none() {
             (Class::ModuleLocal, "module no longer built".to_string())
-        } else if ty(&symbol) == Some(SymType::Tristate) {
+        } else if ty(&symbol) == Some(SymType::Tristate) && !new_module {
             (
                 Class::KernelAffecting,
                 "a tristate built into the kernel (=y) changes vmlinux".to_string(),
@@ -385,27 +423,26 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
                 .as_ref()
                 .map(|r| r.get(&symbol).cloned().unwrap_or_default())
             {
+                None if new_module => (
+                    Class::ModuleLocal,
+                    "new module (no source tree to check its uses)".to_string(),
+                ),
                 None => (
                     Class::KernelAffecting,
                     "no source tree given to check where it is used".to_string(),
                 ),
-                Some(files) if files.is_empty() => (
-                    Class::ModuleLocal,
-                    "not referenced by any C file or Makefile".to_string(),
-                ),
                 Some(files) => {
                     let outside: Vec<&String> = files
                         .iter()
-                        .filter(|f| !dirs.iter().any(|d| f.starts_with(&format!("{d}/"))))
+                        .filter(|f| !local(f, &symbol, new_module))
                         .collect();
                     if outside.is_empty() {
-                        (
-                            Class::ModuleLocal,
-                            format!(
-                                "used only in {}",
-                                dirs.iter().cloned().collect::<Vec<_>>().join(", ")
-                            ),
-                        )
+                        let what = if new_module {
+                            "new module"
+                        } else {
+                            "used only by the modules' own code"
+                        };
+                        (Class::ModuleLocal, what.to_string())
                     } else {
                         let shown: Vec<&str> = outside.iter().take(3).map(|s| s.as_str()).collect();
                         let more = if outside.len() > 3 {
@@ -413,12 +450,14 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
                         } else {
                             String::new()
                         };
+                        let what = if new_module {
+                            "code outside the module tests it"
+                        } else {
+                            "used outside the module's own code"
+                        };
                         (
                             Class::KernelAffecting,
-                            format!(
-                                "used outside the module's directories: {}{more}",
-                                shown.join(", ")
-                            ),
+                            format!("{what}: {}{more}", shown.join(", ")),
                         )
                     }
                 }
