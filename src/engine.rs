@@ -410,8 +410,11 @@ fn plan(
             ));
         }
         // Toolchain drift compiles the module with values the kernel was not built with.
-        let affecting: Vec<&crate::variant::Change> =
-            v.kernel_affecting().into_iter().chain(v.drift.iter()).collect();
+        let affecting: Vec<&crate::variant::Change> = v
+            .kernel_affecting()
+            .into_iter()
+            .chain(v.drift.iter())
+            .collect();
         if !affecting.is_empty() {
             let list: Vec<String> = affecting
                 .iter()
@@ -1187,6 +1190,10 @@ fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64
             // Recorded by real path: the next run's check then stats each header once for all
             // packages, without walking the overlay's symlinks.
             let real = kbuild_install::tree::canonical(&full).ok()?;
+            // Files the build itself wrote (`dummy.mod.c`, ...) are outputs, not inputs.
+            if real.starts_with(tree) {
+                return None;
+            }
             stat(&real).map(|(s, t)| (real.to_string(), s, t))
         })
         .collect()
