@@ -84,6 +84,7 @@ struct Ctx {
     index: OnceLock<Index>,
     srcarch: String,
     allow_kernel_change: bool,
+    dry_run: bool,
 }
 
 impl Ctx {
@@ -163,9 +164,10 @@ pub fn run(
             }
         }
     }
-    let cc = kbuild_install::Manifest::load(&k.path)
-        .map(|m| m.cc)
-        .unwrap_or_else(|_| "gcc".into());
+    let manifest = kbuild_install::Manifest::load(&k.path).ok();
+    let cc = manifest
+        .as_ref()
+        .map_or_else(|| "gcc".to_string(), |m| m.cc.clone());
     for (tool, role) in [
         ("make", "GNU make"),
         (cc.as_str(), "the kernel's C compiler (CC)"),
@@ -175,9 +177,7 @@ pub fn run(
             role,
         })?;
     }
-    let srcarch = kbuild_install::Manifest::load(&k.path)
-        .map(|m| m.srcarch)
-        .unwrap_or_else(|_| "x86".into());
+    let srcarch = manifest.map_or_else(|| "x86".to_string(), |m| m.srcarch);
     let packages = crate::package::order(opts.packages.clone())?;
     let ctx = Ctx {
         k,
@@ -187,6 +187,7 @@ pub fn run(
         index: OnceLock::new(),
         srcarch,
         allow_kernel_change: opts.allow_kernel_change,
+        dry_run: opts.dry_run,
     };
 
     // Plan.
@@ -393,7 +394,12 @@ fn plan(
                 index: Some(index),
                 srcarch: &ctx.srcarch,
                 modules: &mods,
-                cache: &ctx.objdir.join(".variants"),
+                // A dry run writes nothing into D: its variants go to the user's cache.
+                cache: &if ctx.dry_run {
+                    crate::cache::dir("variants")
+                } else {
+                    ctx.objdir.join(".variants")
+                },
             },
             &reqs,
         )?;

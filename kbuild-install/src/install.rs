@@ -126,6 +126,14 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     }
 
     check_interrupted()?;
+    // DEST may have changed while the tree was made and tested: check again before replacing.
+    if dest.symlink_metadata().is_ok() && !(opts.force && replaceable(&dest)) {
+        return Err(if opts.force {
+            Error::DestNotOurs(dest)
+        } else {
+            Error::DestExists(dest)
+        });
+    }
     crate::fsutil::replace_dir(tmp, &dest, &parent, &name)?;
     on_event(Event::Installed { dest: dest.clone() });
     Ok(manifest)
@@ -198,13 +206,16 @@ fn check_dest(
         if !force {
             return Err(Error::DestExists(full));
         }
-        let ours = full.join(MANIFEST).is_file()
-            || fs::read_dir(&full).is_ok_and(|mut d| d.next().is_none());
-        if !ours {
+        if !replaceable(&full) {
             return Err(Error::DestNotOurs(full));
         }
     }
     Ok((parent, name))
+}
+
+/// Whether `--force` may replace `dir`: a tree kbuild-install made, or an empty directory.
+fn replaceable(dir: &Utf8Path) -> bool {
+    dir.join(MANIFEST).is_file() || fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
 }
 
 /// Files below `scripts/` that install-extmod-build ships (its `find_in_scripts`).

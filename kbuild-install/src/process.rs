@@ -96,6 +96,15 @@ fn register(pids: &[u32]) -> GroupGuard {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .extend(pids.iter().copied());
+    // Ctrl-C may have come between the spawn and this registration.
+    if interrupted() {
+        for &p in &pids {
+            // SAFETY: killpg has no memory-safety preconditions.
+            unsafe {
+                libc::killpg(p, libc::SIGTERM);
+            }
+        }
+    }
     GroupGuard(pids)
 }
 
