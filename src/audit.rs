@@ -6,7 +6,7 @@
 use crate::error::Error;
 use crate::kbuild::KbuildTree;
 use crate::package::{self, KconfigReq};
-use crate::symbols::{Index, SymType, module_dir};
+use crate::symbols::{Index, SymType};
 use camino::Utf8Path;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +35,9 @@ pub struct Finding {
     /// files-extra, autoload-not-in-files
     pub kind: &'static str,
     pub package: Option<String>,
+    /// What the finding is about, where one thing is: the module (unpackaged) or the
+    /// `CONFIG_` symbol (kernel-affecting).
+    pub subject: Option<String>,
     pub message: String,
 }
 
@@ -178,7 +181,6 @@ pub struct Inputs<'a> {
     pub k: &'a KbuildTree,
     pub index: &'a Index,
     pub src: &'a Utf8Path,
-    pub srcarch: &'a str,
     /// Module dependencies (empty when no module directory was given).
     pub deps: &'a BTreeMap<String, Vec<String>>,
 }
@@ -210,10 +212,10 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             for f in files.difference(&predicted) {
                 let builders = inp.index.symbols_for(f);
                 if builders.is_empty() {
-                    findings.push(Finding { level: Level::Error, kind: "files-missing", package: Some(p.name.clone()),
+                    findings.push(Finding { level: Level::Error, kind: "files-missing", package: Some(p.name.clone()), subject: None,
                         message: format!("FILES names {f}, which no Makefile line builds (ERROR: module '{f}' is missing.)") });
                 } else if !builders.iter().any(|b| named.contains(b.as_str())) {
-                    findings.push(Finding { level: Level::Warning, kind: "default-reliance", package: Some(p.name.clone()),
+                    findings.push(Finding { level: Level::Warning, kind: "default-reliance", package: Some(p.name.clone()), subject: None,
                         message: format!("{f} is built by {} which the package's KCONFIG does not name: it relies on that symbol's default",
                             builders.iter().map(|b| format!("CONFIG_{b}")).collect::<Vec<_>>().join(" or ")) });
                 }
@@ -223,6 +225,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                     level: Level::Warning,
                     kind: "files-extra",
                     package: Some(p.name.clone()),
+                    subject: None,
                     message: format!("its KCONFIG also builds {m}, which FILES does not list"),
                 });
             }
@@ -236,6 +239,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                 level: Level::Warning,
                 kind: "default-reliance",
                 package: Some(p.name.clone()),
+                subject: None,
                 message: format!(
                     "no KCONFIG: its modules come from {} only through defaults and other packages",
                     if builders.is_empty() {
@@ -258,6 +262,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                     level: Level::Warning,
                     kind: "autoload-not-in-files",
                     package: Some(p.name.clone()),
+                    subject: None,
                     message: format!("AUTOLOAD names `{a}`, which is not among its FILES"),
                 });
             }
@@ -280,6 +285,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                     level: Level::Error,
                     kind: "kernel-affecting",
                     package: Some(p.name.clone()),
+                    subject: Some(format!("CONFIG_{}", r.symbol)),
                     message: format!(
                         "KCONFIG CONFIG_{}={v} builds a tristate into vmlinux (base: {})",
                         r.symbol,
@@ -295,18 +301,15 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
         }
     }
     let syms: Vec<String> = candidates.keys().cloned().collect();
-    let refs = crate::variant::references(inp.src, inp.srcarch, &syms)?;
+    let refs = crate::variant::references(inp.src, &inp.k.srcarch, &syms)?;
     for (sym, pkgs) in &candidates {
         for pname in pkgs {
-            let dirs: BTreeSet<String> = owns[pname]
-                .iter()
-                .map(|m| module_dir(m).to_string())
-                .collect();
+            let owned = crate::variant::Locality::new(Some(inp.index), &owns[pname]);
             let outside: Vec<&String> = refs
                 .get(sym)
                 .into_iter()
                 .flatten()
-                .filter(|f| !dirs.iter().any(|d| f.starts_with(&format!("{d}/"))))
+                .filter(|f| !owned.is_local(f, sym, false))
                 .collect();
             if !outside.is_empty() {
                 let shown: Vec<&str> = outside.iter().take(3).map(|s| s.as_str()).collect();
@@ -314,6 +317,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                     level: Level::Error,
                     kind: "kernel-affecting",
                     package: Some(pname.to_string()),
+                    subject: Some(format!("CONFIG_{sym}")),
                     message: format!(
                         "KCONFIG CONFIG_{sym}={} changes code outside its modules: {}{}",
                         by_name[pname]
@@ -363,6 +367,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                         level: Level::Error,
                         kind: "missing-dependency",
                         package: Some(p.name.clone()),
+                        subject: None,
                         message: format!(
                             "{m} needs module `{d}`, which is in package {o}, not in its DEPENDS"
                         ),
@@ -371,6 +376,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                         level: Level::Error,
                         kind: "missing-dependency",
                         package: Some(p.name.clone()),
+                        subject: None,
                         message: format!("{m} needs module `{d}`, which no package provides"),
                     }),
                 }
@@ -387,6 +393,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                 level: Level::Warning,
                 kind: "unpackaged",
                 package: None,
+                subject: Some(ko.clone()),
                 message: format!("unpackaged kernel module found: {ko}"),
             });
         }
@@ -400,7 +407,7 @@ pub fn catch_all(name: &str, findings: &[Finding]) -> String {
     let files: Vec<String> = findings
         .iter()
         .filter(|f| f.kind == "unpackaged")
-        .filter_map(|f| f.message.strip_prefix("unpackaged kernel module found: "))
+        .filter_map(|f| f.subject.as_deref())
         .map(|f| format!("  \"{f}\","))
         .collect();
     format!(
@@ -435,13 +442,7 @@ pub fn summary(packages: &[AuditPackage], findings: &[Finding]) -> Summary {
     };
     let mut syms: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
     for f in findings.iter().filter(|f| f.kind == "kernel-affecting") {
-        if let (Some(p), Some(sym)) = (
-            f.package.as_deref(),
-            f.message
-                .split_whitespace()
-                .find(|w| w.starts_with("CONFIG_"))
-                .map(|w| w.split('=').next().unwrap_or(w).to_string()),
-        ) {
+        if let (Some(p), Some(sym)) = (f.package.as_deref(), f.subject.clone()) {
             syms.entry(sym).or_default().insert(p);
         }
     }

@@ -82,7 +82,6 @@ struct Ctx {
     objdir: Utf8PathBuf,
     dest: Utf8PathBuf,
     index: OnceLock<Index>,
-    srcarch: String,
     allow_kernel_change: bool,
     dry_run: bool,
 }
@@ -90,7 +89,7 @@ struct Ctx {
 impl Ctx {
     fn index(&self) -> &Index {
         self.index.get_or_init(|| {
-            Index::cached(&self.src.path, &self.srcarch, &crate::cache::dir("index"))
+            Index::cached(&self.src.path, &self.k.srcarch, &crate::cache::dir("index"))
         })
     }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
@@ -164,20 +163,13 @@ pub fn run(
             }
         }
     }
-    let manifest = kbuild_install::Manifest::load(&k.path).ok();
-    let cc = manifest
-        .as_ref()
-        .map_or_else(|| "gcc".to_string(), |m| m.cc.clone());
-    for (tool, role) in [
-        ("make", "GNU make"),
-        (cc.as_str(), "the kernel's C compiler (CC)"),
-    ] {
+    let cc = k.manifest.as_ref().map_or("gcc", |m| m.cc.as_str());
+    for (tool, role) in [("make", "GNU make"), (cc, "the kernel's C compiler (CC)")] {
         which::which(tool).map_err(|_| KError::MissingTool {
             tool: tool.to_string(),
             role,
         })?;
     }
-    let srcarch = manifest.map_or_else(|| "x86".to_string(), |m| m.srcarch);
     let packages = crate::package::order(opts.packages.clone())?;
     let ctx = Ctx {
         k,
@@ -185,7 +177,6 @@ pub fn run(
         objdir,
         dest,
         index: OnceLock::new(),
-        srcarch,
         allow_kernel_change: opts.allow_kernel_change,
         dry_run: opts.dry_run,
     };
@@ -392,7 +383,6 @@ fn plan(
                 k: &ctx.k,
                 src: Some(&ctx.src.path),
                 index: Some(index),
-                srcarch: &ctx.srcarch,
                 modules: &mods,
                 // A dry run writes nothing into D: its variants go to the user's cache.
                 cache: &if ctx.dry_run {

@@ -38,6 +38,10 @@ pub struct KbuildTree {
     pub layers: Vec<Utf8PathBuf>,
     /// Hash of what a module build reads from the tree (config, symbol versions, release).
     pub identity: String,
+    /// The manifest of a tree made by `extmod kbuild-install`.
+    pub manifest: Option<Manifest>,
+    /// The kernel's SRCARCH (`x86`, `arm64`, ...).
+    pub srcarch: String,
 }
 
 fn read_opt(p: &Utf8Path) -> Option<String> {
@@ -108,6 +112,20 @@ impl KbuildTree {
             .filter_map(|l| l.strip_prefix("CONFIG_")?.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let srcarch = match &manifest {
+            Some(m) => m.srcarch.clone(),
+            None => make_vars
+                .iter()
+                .find_map(|v| v.strip_prefix("ARCH="))
+                .map_or_else(
+                    || "x86".to_string(),
+                    |a| match a {
+                        "x86_64" | "i386" => "x86".to_string(),
+                        "aarch64" => "arm64".to_string(),
+                        a => a.to_string(),
+                    },
+                ),
+        };
         Ok(KbuildTree {
             path,
             kind,
@@ -118,6 +136,8 @@ impl KbuildTree {
             modules_order,
             layers,
             identity: format!("{:x}", h.finalize()),
+            manifest,
+            srcarch,
         })
     }
 

@@ -18,6 +18,7 @@ use clap::{CommandFactory, Parser};
 use cli::{AuditArgs, BuildArgs, Cli, Command, MapArgs, VariantArgs, WhichArgs};
 use error::{Error, code};
 use events::Status;
+use kbuild_install::tree::SourceTree;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -114,7 +115,7 @@ fn build(args: &BuildArgs) -> u8 {
 fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
     kbuild_install::process::install_interrupt_handler();
     let k = kbuild::KbuildTree::open(&args.kbuild)?;
-    let manifest = variant::variant_manifest(&k)?;
+    variant::variant_manifest(&k)?;
     let sets = args
         .sets
         .iter()
@@ -126,17 +127,17 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     let src = match &args.srctree {
-        Some(s) => Some(kbuild_install::tree::SourceTree::open(s)?),
+        Some(s) => Some(SourceTree::open(s)?),
         None => None,
     };
-    let cache = variant_cache()?;
+    let cache = cache::dir("variants");
     let src_path = src.as_ref().map(|s| s.path.as_path());
     if let Some(v) = variant::cached(&k, src_path, &sets, &cache) {
         return variant_done(&v, args);
     }
     let index = src
         .as_ref()
-        .map(|s| symbols::Index::build(&s.path, &manifest.srcarch));
+        .map(|s| symbols::Index::cached(&s.path, &k.srcarch, &cache::dir("index")));
     // The modules of the requested symbols.
     let mods: Vec<String> = index.as_ref().map_or_else(Vec::new, |i| {
         let set: std::collections::BTreeSet<String> =
@@ -148,7 +149,6 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
             k: &k,
             src: src_path,
             index: index.as_ref(),
-            srcarch: &manifest.srcarch,
             modules: &mods,
             cache: &cache,
         },
@@ -176,27 +176,19 @@ fn variant_done(v: &variant::Variant, args: &VariantArgs) -> Result<u8, Error> {
     })
 }
 
-/// Where `extmod variant` caches variants.
-fn variant_cache() -> Result<camino::Utf8PathBuf, Error> {
-    Ok(cache::dir("variants"))
-}
-
-/// K, S and the (cached) symbol index for `which` and `map`.
+/// K, S and the (cached) symbol index for `which`, `map` and `audit`.
 fn open_index(
     kbuild: &camino::Utf8Path,
     srctree: &camino::Utf8Path,
-) -> Result<(kbuild::KbuildTree, symbols::Index), Error> {
+) -> Result<(kbuild::KbuildTree, SourceTree, symbols::Index), Error> {
     let k = kbuild::KbuildTree::open(kbuild)?;
-    let src = kbuild_install::tree::SourceTree::open(srctree)?;
-    let srcarch = kbuild_install::Manifest::load(&k.path)
-        .map(|m| m.srcarch)
-        .unwrap_or_else(|_| "x86".into());
-    let index = symbols::Index::cached(&src.path, &srcarch, &cache::dir("index"));
-    Ok((k, index))
+    let src = SourceTree::open(srctree)?;
+    let index = symbols::Index::cached(&src.path, &k.srcarch, &cache::dir("index"));
+    Ok((k, src, index))
 }
 
 fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
-    let (k, index) = open_index(&args.kbuild, &args.srctree)?;
+    let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
     if let Some(m) = &args.module {
         let wanted: Vec<String> = if m.ends_with(".ko") {
             vec![m.clone()]
@@ -286,17 +278,12 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
 
 fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
     kbuild_install::process::install_interrupt_handler();
-    let (k, index) = open_index(&args.kbuild, &args.srctree)?;
-    let src = kbuild_install::tree::SourceTree::open(&args.srctree)?;
-    let manifest = kbuild_install::Manifest::load(&k.path).ok();
-    let srcarch = manifest
-        .as_ref()
-        .map_or_else(|| "x86".to_string(), |m| m.srcarch.clone());
+    let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
     let packages = audit::load(&args.packages)?;
     let modules_dir = args
         .modules
         .clone()
-        .or_else(|| manifest.as_ref().map(|m| m.made_from.objtree.clone()))
+        .or_else(|| k.manifest.as_ref().map(|m| m.made_from.objtree.clone()))
         .or_else(|| (k.kind == kbuild::Kind::ObjTree).then(|| k.path.clone()));
     let deps = modules_dir
         .as_deref()
@@ -307,7 +294,6 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
             k: &k,
             index: &index,
             src: &src.path,
-            srcarch: &srcarch,
             deps: &deps,
         },
         &packages,
@@ -360,7 +346,7 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
 }
 
 fn map_cmd(args: &MapArgs) -> Result<u8, Error> {
-    let (k, index) = open_index(&args.kbuild, &args.srctree)?;
+    let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
     let table = which::map(&index, &k);
     if args.json {
         println!("{}", serde_json::to_string(&table).expect("serializes"));

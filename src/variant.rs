@@ -104,7 +104,6 @@ pub struct Inputs<'a> {
     pub k: &'a KbuildTree,
     pub src: Option<&'a Utf8Path>,
     pub index: Option<&'a Index>,
-    pub srcarch: &'a str,
     /// The modules the variant is for (`drivers/net/dummy.ko`, relative to the tree).
     pub modules: &'a [String],
     pub cache: &'a Utf8Path,
@@ -115,12 +114,16 @@ fn io<'a>(action: &'static str, p: &'a Utf8Path) -> impl FnOnce(std::io::Error) 
 }
 
 /// The manifest of a tree that can make variants (made by `extmod kbuild-install`).
-pub fn variant_manifest(k: &KbuildTree) -> Result<Manifest, Error> {
-    let m = Manifest::load(&k.path).map_err(|_| Error::NoKconfig(k.path.clone()))?;
-    if !k.path.join("scripts/kconfig/conf").is_file() || !k.path.join("Kconfig").is_file() {
-        return Err(Error::NoKconfig(k.path.clone()));
+pub fn variant_manifest(k: &KbuildTree) -> Result<&Manifest, Error> {
+    match &k.manifest {
+        Some(m)
+            if k.path.join("scripts/kconfig/conf").is_file()
+                && k.path.join("Kconfig").is_file() =>
+        {
+            Ok(m)
+        }
+        _ => Err(Error::NoKconfig(k.path.clone())),
     }
-    Ok(m)
 }
 
 /// Run Kconfig on `.config` text into `dir`, in the given modes (`olddefconfig` resolves new
@@ -288,14 +291,72 @@ pub fn cached(
     cache: &Utf8Path,
 ) -> Option<Variant> {
     let m = variant_manifest(k).ok()?;
-    load(&location(k, &m, src, sets, cache).0)
+    load(&location(k, m, src, sets, cache).0)
+}
+
+/// What belongs to a set of modules: their objects' sources, the headers in their directories,
+/// and the symbols that pick their composite parts. A configuration symbol used anywhere else
+/// reaches built-in code (or struct layouts through include/). Shared by the variant
+/// classification and `extmod audit`.
+pub struct Locality {
+    dirs: BTreeSet<String>,
+    sources: BTreeSet<String>,
+    part_syms: BTreeSet<String>,
+}
+
+impl Locality {
+    pub fn new<'m>(index: Option<&Index>, modules: impl IntoIterator<Item = &'m String>) -> Self {
+        let mut l = Locality {
+            dirs: BTreeSet::new(),
+            sources: BTreeSet::new(),
+            part_syms: BTreeSet::new(),
+        };
+        for m in modules {
+            l.dirs.insert(crate::symbols::module_dir(m).to_string());
+            for o in index.map(|i| i.objects(m)).unwrap_or_default() {
+                let mut words = o.split(' ');
+                let obj = words.next().unwrap_or("");
+                if let Some(cond) = words.next() {
+                    l.part_syms.insert(
+                        cond.trim_matches(|c| c == '(' || c == ')')
+                            .trim_start_matches("CONFIG_")
+                            .to_string(),
+                    );
+                }
+                if let Some(stem) = obj.strip_suffix(".o") {
+                    l.dirs.insert(crate::symbols::module_dir(obj).to_string());
+                    l.sources.insert(format!("{stem}.c"));
+                    l.sources.insert(format!("{stem}.S"));
+                }
+            }
+        }
+        l
+    }
+
+    /// Whether a reference to `sym` in `file` (relative to the source tree) stays inside the
+    /// modules. A new module's own `obj-` line (and its parents' gates) only adds a module; a
+    /// sub-option in a Makefile is local when it picks the modules' own composite parts.
+    pub fn is_local(&self, file: &str, sym: &str, new_module: bool) -> bool {
+        let base = file.rsplit('/').next().unwrap_or(file);
+        if base.starts_with("Makefile") || base.starts_with("Kbuild") {
+            new_module
+                || (self
+                    .dirs
+                    .contains(crate::symbols::module_dir(file).as_str())
+                    && self.part_syms.contains(sym))
+        } else if file.ends_with(".h") {
+            self.dirs.iter().any(|d| file.starts_with(&format!("{d}/")))
+        } else {
+            self.sources.contains(file)
+        }
+    }
 }
 
 /// Generate (or reuse) the variant for `sets`.
 pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     let m = variant_manifest(inp.k)?;
     std::fs::create_dir_all(inp.cache).map_err(io("create", inp.cache))?;
-    let (dir, requests, sorted) = location(inp.k, &m, inp.src, sets, inp.cache);
+    let (dir, requests, sorted) = location(inp.k, m, inp.src, sets, inp.cache);
     if let Some(v) = load(&dir) {
         return Ok(v);
     }
@@ -309,10 +370,10 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
     // The base recompute (cached) and the variant are independent Kconfig runs: run both at once.
     let (base, made) = std::thread::scope(|scope| {
-        let base = scope.spawn(|| base_recomputed(inp, &m));
+        let base = scope.spawn(|| base_recomputed(inp, m));
         let made = kconfig(
             inp.k,
-            &m,
+            m,
             &apply(&config, &sorted),
             &t,
             &["olddefconfig", "syncconfig"],
@@ -343,9 +404,6 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .map(|(s, _, _)| s.clone())
         .collect();
 
-    // What belongs to the modules: their objects' sources, headers in their directories, and
-    // the Makefile conditions of their composite parts. A change used anywhere else reaches
-    // built-in code (or struct layouts through include/).
     let ty = |s: &str| inp.index.and_then(|i| i.sym_type(s));
     let mut mods: BTreeSet<String> = inp.modules.iter().cloned().collect();
     if let Some(index) = inp.index {
@@ -353,44 +411,8 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
             mods.extend(index.modules(s));
         }
     }
-    let mut dirs: BTreeSet<String> = BTreeSet::new();
-    let mut sources: BTreeSet<String> = BTreeSet::new();
-    let mut part_syms: BTreeSet<String> = BTreeSet::new();
-    for m in &mods {
-        dirs.insert(crate::symbols::module_dir(m).to_string());
-        let objects = inp.index.map(|i| i.objects(m)).unwrap_or_default();
-        for o in objects {
-            let mut words = o.split(' ');
-            let obj = words.next().unwrap_or("");
-            if let Some(cond) = words.next() {
-                part_syms.insert(
-                    cond.trim_matches(|c| c == '(' || c == ')')
-                        .trim_start_matches("CONFIG_")
-                        .to_string(),
-                );
-            }
-            if let Some(stem) = obj.strip_suffix(".o") {
-                dirs.insert(crate::symbols::module_dir(obj).to_string());
-                sources.insert(format!("{stem}.c"));
-                sources.insert(format!("{stem}.S"));
-            }
-        }
-    }
-    let in_dirs = |f: &str| dirs.iter().any(|d| f.starts_with(&format!("{d}/")));
-    let local = |f: &str, sym: &str, new_module: bool| {
-        let base = f.rsplit('/').next().unwrap_or(f);
-        if base.starts_with("Makefile") || base.starts_with("Kbuild") {
-            // A new module's own obj- line (and the parent's gate) only adds a module; a
-            // sub-option is local when it picks the module's own composite parts.
-            new_module
-                || (dirs.contains(crate::symbols::module_dir(f).as_str())
-                    && part_syms.contains(sym))
-        } else if f.ends_with(".h") {
-            in_dirs(f)
-        } else {
-            sources.contains(f)
-        }
-    };
+    let owned = Locality::new(inp.index, &mods);
+    let local = |f: &str, sym: &str, new_module: bool| owned.is_local(f, sym, new_module);
     let needs_refs: Vec<String> = raw
         .iter()
         .filter(|(s, o, n)| {
@@ -402,7 +424,7 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .map(|(s, _, _)| s.clone())
         .collect();
     let refs = match inp.src {
-        Some(src) => Some(references(src, inp.srcarch, &needs_refs)?),
+        Some(src) => Some(references(src, &inp.k.srcarch, &needs_refs)?),
         None => None,
     };
     let mut changes = Vec::new();
