@@ -263,6 +263,32 @@ pub struct BuildArgs {
     /// labelled as not matching the running kernel.
     #[arg(long)]
     pub allow_kernel_change: bool,
+    /// Run modpost as for an out-of-tree module (`-e`): no `intree: Y` modinfo, so loading the
+    /// module taints the kernel (O). Default: as the in-tree build does.
+    #[arg(long)]
+    pub external: bool,
+    /// Strip staged modules like INSTALL_MOD_STRIP: `1` for --strip-debug, or strip's options
+    /// [default: $INSTALL_MOD_STRIP, else not stripped, as `make modules_install`].
+    #[arg(long, value_name = "OPTS", allow_hyphen_values = true)]
+    pub strip: Option<String>,
+    /// Private key for signing (file or `pkcs11:` URI) [default: where CONFIG_MODULE_SIG_KEY
+    /// points, relative to the kernel's object tree]. Never copied anywhere.
+    #[arg(long, value_name = "KEY")]
+    pub sign_key: Option<String>,
+    /// X.509 certificate of the signing key [default: certs/signing_key.x509 of the build].
+    #[arg(long, value_name = "CERT")]
+    pub sign_cert: Option<camino::Utf8PathBuf>,
+    /// Do not sign, even when the configuration has CONFIG_MODULE_SIG_ALL.
+    #[arg(long, conflicts_with_all = ["sign_key", "sign_cert"])]
+    pub no_sign: bool,
+    /// Stage each .ko exactly as the build wrote it: no strip, signature, compression or
+    /// depmod (what OpenWrt's KernelPackage copies from the kernel tree).
+    #[arg(long, conflicts_with_all = ["strip", "sign_key", "sign_cert"])]
+    pub raw: bool,
+    /// Also install every package's modules into DIR/lib/modules/<release>/ with modules.order,
+    /// modules.builtin and depmod, like `make modules_install INSTALL_MOD_PATH=DIR`.
+    #[arg(long, value_name = "DIR")]
+    pub install_mod_path: Option<camino::Utf8PathBuf>,
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 use crate::error::{Error, code};
 use crate::events::{Event, PackageResult, Refusal, Status};
 use crate::kbuild::{KbuildTree, Kind};
+use crate::modinst::{InstalledModule, Installer};
 use crate::overlay::{self, Layers};
 use crate::package::{KconfigReq, Package};
 use crate::symbols::{Index, SymType, module_dir};
@@ -21,7 +22,9 @@ use std::sync::{LazyLock, Mutex, OnceLock, mpsc};
 use std::time::{Instant, UNIX_EPOCH};
 
 const STATE: &str = "state.json";
-const STATE_FORMAT: u32 = 2;
+/// modpost as the in-tree build runs it (see [`write_modpost`]), in `D/<package>/`.
+const MODPOST: &str = "modpost-intree";
+const STATE_FORMAT: u32 = 3;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -37,6 +40,12 @@ pub struct BuildOptions {
     pub allow_kernel_change: bool,
     /// make's jobserver, when extmod runs under make (from a `+` recipe line).
     pub inherited_jobserver: Option<jobserver::Client>,
+    /// Run modpost as for an external module (`-e`: no `intree: Y` modinfo).
+    pub external: bool,
+    /// The `modules_install` steps (strip, sign, compress, depmod).
+    pub install: crate::modinst::InstallOptions,
+    /// Also install every package's modules into one tree (`INSTALL_MOD_PATH`) with depmod.
+    pub install_mod_path: Option<Utf8PathBuf>,
 }
 
 /// One `make` call: the modules of a package in one directory.
@@ -74,6 +83,8 @@ struct State {
     /// The build's notes (e.g. the --allow-kernel-change label), repeated when fresh.
     #[serde(default)]
     notes: Vec<String>,
+    /// The staged files, as `modules_install` left them.
+    installed: Vec<InstalledModule>,
 }
 
 struct Ctx {
@@ -84,6 +95,8 @@ struct Ctx {
     index: OnceLock<Index>,
     allow_kernel_change: bool,
     dry_run: bool,
+    external: bool,
+    installer: Installer,
 }
 
 impl Ctx {
@@ -170,6 +183,11 @@ pub fn run(
             role,
         })?;
     }
+    let install_root = match &opts.install_mod_path {
+        Some(p) => Some(output_dir(p, &src, &k)?),
+        None => None,
+    };
+    let installer = Installer::resolve(&k, &opts.install)?;
     let packages = crate::package::order(opts.packages.clone())?;
     let ctx = Ctx {
         k,
@@ -179,6 +197,8 @@ pub fn run(
         index: OnceLock::new(),
         allow_kernel_change: opts.allow_kernel_change,
         dry_run: opts.dry_run,
+        external: opts.external,
+        installer,
     };
 
     // Plan.
@@ -218,7 +238,11 @@ pub fn run(
     for d in [&ctx.objdir, &ctx.dest] {
         std::fs::create_dir_all(d).map_err(|e| KError::io("create", d.as_path(), e))?;
     }
-    execute(&ctx, plans, opts, emit)
+    let results = execute(&ctx, plans, opts, emit)?;
+    if let Some(root) = &install_root {
+        install_all(&ctx, root, &results)?;
+    }
+    Ok(results)
 }
 
 fn package_key(ctx: &Ctx, pkg: &Package) -> String {
@@ -228,7 +252,8 @@ fn package_key(ctx: &Ctx, pkg: &Package) -> String {
     h.update(ctx.k.path.as_str().as_bytes());
     h.update(ctx.src.path.as_str().as_bytes());
     // A package built with --allow-kernel-change is not fresh for a run without it.
-    h.update([u8::from(ctx.allow_kernel_change)]);
+    h.update([u8::from(ctx.allow_kernel_change), u8::from(ctx.external)]);
+    h.update(ctx.installer.identity.as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(STATE_FORMAT.to_le_bytes());
     format!("{:x}", h.finalize())
@@ -262,11 +287,12 @@ fn plan(
             let full = tree.join(p);
             *cache.entry(full.clone()).or_insert_with(|| stat(&full)) == Some((*size, *mtime))
         });
-        let staged = ctx.modules_dir(&ctx.staged(&pkg.name));
-        if unchanged && state.modules.iter().all(|m| staged.join(m).is_file()) {
+        let staged = ctx.staged(&pkg.name);
+        if unchanged && state.installed.iter().all(|m| staged.join(&m.path).is_file()) {
             let mut r = PackageResult::new(&pkg.name, Status::Fresh);
             r.modules = state.modules;
             r.notes = state.notes;
+            r.installed = state.installed;
             r.staged = Some(ctx.staged(&pkg.name));
             return Ok(Plan::Done(r));
         }
@@ -554,6 +580,9 @@ fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -
         format!("M={}", unit.dir),
     ];
     args.extend(ctx.k.make_vars.iter().cloned());
+    if !ctx.external {
+        args.push(format!("MODPOST={}", ctx.pkg_dir(&job.pkg.name).join(MODPOST)));
+    }
     if !extra_symbols.is_empty() {
         let list: Vec<&str> = extra_symbols.iter().map(|p| p.as_str()).collect();
         args.push(format!("KBUILD_EXTRA_SYMBOLS={}", list.join(" ")));
@@ -829,7 +858,7 @@ fn build_package(
     // Providers chained into this package: its dependencies', then its own earlier units'.
     let deps_extra = extra;
     let mut extra = extra.to_vec();
-    let outcome = (|| -> Result<(), String> {
+    let outcome = (|| -> Result<Vec<InstalledModule>, String> {
         prepare_tree(ctx, job).map_err(|e| e.to_string())?;
         let mut log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
@@ -896,14 +925,19 @@ fn build_package(
                 }
             }
         }
-        stage(ctx, job, deps_extra, started).map_err(|e| e.to_string())?;
-        Ok(())
+        let installed = stage(ctx, job, deps_extra, started).map_err(|e| {
+            let hint = e.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default();
+            format!("{e}{hint}")
+        })?;
+        Ok(installed)
     })();
     r.seconds = start.elapsed().as_secs_f64();
     match outcome {
-        Ok(()) => {
+        Ok(installed) => {
             r.status = Status::Built;
             r.staged = Some(ctx.staged(name));
+            r.installed = installed;
+            r.notes.extend(ctx.installer.notes.iter().cloned());
         }
         Err(e) => r.error = Some(e),
     }
@@ -958,8 +992,10 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
                 );
             }
             overrides.insert(".config".to_string(), v.dir.join(".config"));
+        }
+        if job.variant.is_some() || !ctx.external {
             // Modules the base already has are rebuilt here: modpost must not see their old
-            // exports next to the new ones.
+            // exports next to the new ones (without `-e`, or with a variant's new exports).
             let base = std::fs::read_to_string(ctx.k.path.join("Module.symvers"))
                 .map_err(|e| KError::io("read", ctx.k.path.join("Module.symvers"), e))?;
             let ours: BTreeSet<&str> = job
@@ -984,12 +1020,33 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
             overrides: &overrides,
         };
         overlay::create(&tree, &layers, &module_dirs)?;
+        if !ctx.external {
+            write_modpost(&dir)?;
+        }
         std::fs::write(&layout_file, &layout).map_err(|e| KError::io("write", &layout_file, e))?;
     }
     for m in &job.modules {
         let _ = std::fs::remove_file(tree.join(m));
     }
     Ok(())
+}
+
+/// Kbuild's `scripts/Makefile.modpost` passes `-e` (external module) to modpost for every `M=`
+/// build; the in-tree build does not, and only then does modpost write `MODULE_INFO(intree,
+/// "Y")` into `<mod>.mod.c`. `MODPOST=` on make's command line replaces the command (it is also a
+/// prerequisite, so it must be one file): this script drops `-e` and runs the tree's modpost.
+/// The base Module.symvers the overlay gives modpost lacks the package's own modules, so they
+/// are not "exported twice".
+fn write_modpost(pkg_dir: &Utf8Path) -> Result<(), KError> {
+    let path = pkg_dir.join(MODPOST);
+    let script = "#!/bin/sh\n\
+# Written by extmod: modpost as the in-tree build runs it (without -e).\n\
+for a do shift; [ \"$a\" = -e ] || set -- \"$@\" \"$a\"; done\n\
+exec scripts/mod/modpost \"$@\"\n";
+    std::fs::write(&path, script).map_err(|e| KError::io("write", &path, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| KError::io("chmod", &path, e))
 }
 
 /// Kbuild's short-format progress lines (`  CC [M]  drivers/net/dummy.o`).
@@ -1073,7 +1130,7 @@ fn stage(
     job: &Job,
     extra: &[Utf8PathBuf],
     started: std::time::SystemTime,
-) -> Result<(), KError> {
+) -> Result<Vec<InstalledModule>, Error> {
     check_interrupted()?;
     let name = &job.pkg.name;
     let tree = ctx.tree(name);
@@ -1089,6 +1146,7 @@ fn stage(
             symvers.push_str(&t);
         }
     }
+    let mut installed = Vec::new();
     for m in &job.modules {
         let from = tree.join(m);
         if !from.is_file() {
@@ -1096,16 +1154,21 @@ fn stage(
                 "find built module",
                 &from,
                 std::io::Error::other("make did not produce it"),
-            ));
+            )
+            .into());
         }
         elf::modinfo(&from)?;
-        let to = kernel.join(m);
-        std::fs::create_dir_all(to.parent().expect("module has a directory"))
-            .map_err(|e| KError::io("create", &to, e))?;
-        if std::fs::hard_link(&from, &to).is_err() {
-            std::fs::copy(&from, &to).map_err(|e| KError::io("copy", &from, e))?;
-        }
+        check_interrupted()?;
+        installed.push(ctx.installer.install(&from, &root, &kernel, m)?);
     }
+    let log_path = ctx.pkg_dir(name).join("build.log");
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_path)
+        .map_err(|e| KError::io("write", &log_path, e))?;
+    ctx.installer
+        .depmod(&ctx.k, &root, &job.modules, false, &mut log)?;
     let sv = root.join("Module.symvers");
     std::fs::write(&sv, &symvers).map_err(|e| KError::io("write", &sv, e))?;
     let pkg_symvers = ctx.pkg_dir(name).join("Module.symvers");
@@ -1119,7 +1182,7 @@ fn stage(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128);
     if inputs.iter().any(|(_, _, t)| *t > started_ns) {
-        return Ok(());
+        return Ok(installed);
     }
     let state = State {
         format: STATE_FORMAT,
@@ -1127,13 +1190,93 @@ fn stage(
         modules: job.modules.clone(),
         inputs,
         notes: job.notes.clone(),
+        installed: installed.clone(),
     };
     let path = ctx.pkg_dir(name).join(STATE);
     std::fs::write(
         &path,
         serde_json::to_string(&state).expect("state serializes"),
     )
-    .map_err(|e| KError::io("write", &path, e))
+    .map_err(|e| KError::io("write", &path, e))?;
+    Ok(installed)
+}
+
+/// `--install-mod-path`: every built or fresh package's modules in one tree, as `make
+/// modules_install INSTALL_MOD_PATH=<root>` would leave it (modules.order in the base build's
+/// order, modules.builtin{,.modinfo} of the Kbuild tree, depmod), replaced whole.
+fn install_all(ctx: &Ctx, root: &Utf8Path, results: &[PackageResult]) -> Result<(), Error> {
+    check_interrupted()?;
+    std::fs::create_dir_all(root).map_err(|e| KError::io("create", root, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".extmod-install-")
+        .tempdir_in(root)
+        .map_err(|e| KError::io("create", root, e))?;
+    let tmp_root = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8 path");
+    let modlib = tmp_root.join("lib/modules").join(&ctx.k.kernelrelease);
+    let mut modules = Vec::new();
+    for r in results {
+        let Some(staged) = &r.staged else { continue };
+        for m in &r.installed {
+            let from = staged.join(&m.path);
+            let to = tmp_root.join(&m.path);
+            std::fs::create_dir_all(to.parent().expect("module has a directory"))
+                .map_err(|e| KError::io("create", &to, e))?;
+            if std::fs::hard_link(&from, &to).is_err() {
+                std::fs::copy(&from, &to).map_err(|e| KError::io("copy", &from, e))?;
+            }
+            modules.push(m.module.clone());
+        }
+    }
+    for f in ["modules.builtin", "modules.builtin.modinfo"] {
+        let from = ctx.k.path.join(f);
+        if from.is_file() {
+            std::fs::create_dir_all(&modlib).map_err(|e| KError::io("create", &modlib, e))?;
+            std::fs::copy(&from, modlib.join(f)).map_err(|e| KError::io("copy", &from, e))?;
+        }
+    }
+    let log_path = ctx.objdir.join("install.log");
+    let mut log =
+        std::fs::File::create(&log_path).map_err(|e| KError::io("write", &log_path, e))?;
+    ctx.installer
+        .depmod(&ctx.k, &tmp_root, &modules, true, &mut log)?;
+    // Only lib/modules/<release> is ours to replace; the rest of the root is left alone.
+    let final_dir = root.join("lib/modules").join(&ctx.k.kernelrelease);
+    let parent = final_dir.parent().expect("has a parent").to_owned();
+    std::fs::create_dir_all(&parent).map_err(|e| KError::io("create", &parent, e))?;
+    let staged = tempfile::Builder::new()
+        .prefix(&format!(".{}.new-", ctx.k.kernelrelease))
+        .tempdir_in(&parent)
+        .map_err(|e| KError::io("create", &parent, e))?;
+    std::fs::remove_dir(staged.path()).map_err(|e| KError::io("remove", &parent, e))?;
+    std::fs::rename(&modlib, staged.path()).map_err(|e| KError::io("move", &modlib, e))?;
+    kbuild_install::fsutil::replace_dir(staged, &final_dir, &parent, &ctx.k.kernelrelease)?;
+    Ok(())
+}
+
+/// An extra output directory (`--install-mod-path`): absolute, never inside S or K.
+fn output_dir(p: &Utf8Path, src: &SourceTree, k: &KbuildTree) -> Result<Utf8PathBuf, Error> {
+    crate::error::check_kbuild_path(p)?;
+    let p = kbuild_install::install::absolute(p)?;
+    let p = kbuild_install::tree::resolve(&p)?;
+    for (tree, which) in [(&src.path, "source"), (&k.path, "Kbuild")] {
+        if p.starts_with(tree) {
+            return Err(KError::DestInsideTree {
+                dest: p,
+                which,
+                tree: tree.clone(),
+            }
+            .into());
+        }
+        if tree.starts_with(&p) {
+            return Err(KError::TreeInsideDest {
+                dest: p,
+                which,
+                tree: tree.clone(),
+            }
+            .into());
+        }
+    }
+    Ok(p)
 }
 
 /// Every file the build read, from Kbuild's `.cmd` files, plus the module directories' Makefiles.

@@ -16,6 +16,7 @@ pub mod code {
     pub const KERNEL_AFFECTING: u8 = 28;
     pub const NO_KCONFIG: u8 = 29;
     pub const AUDIT_ERRORS: u8 = 30;
+    pub const SIGNING: u8 = 40;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,13 @@ pub enum Error {
         "Kbuild tree `{0}` cannot make configuration variants (no manifest, Kconfig files or scripts/kconfig/conf)"
     )]
     NoKconfig(Utf8PathBuf),
+
+    #[error("cannot {what} `{path}`: {why}")]
+    Signing {
+        what: String,
+        path: String,
+        why: String,
+    },
 }
 
 impl Error {
@@ -54,6 +62,7 @@ impl Error {
             | Error::Cycle(_)
             | Error::NoPackages => code::BAD_PACKAGES,
             Error::NoKconfig(_) => code::NO_KCONFIG,
+            Error::Signing { .. } => code::SIGNING,
         }
     }
 
@@ -70,6 +79,9 @@ impl Error {
             Error::Cycle(_) => "break the cycle: a package cannot depend on itself through others".into(),
             Error::NoPackages => "name CONFIG_ symbols or pass --packages FILE".into(),
             Error::NoKconfig(_) => "make the Kbuild tree with `extmod kbuild-install`, which ships Kconfig and conf".into(),
+            Error::Signing { .. } => {
+                "give the kernel's private key and certificate with --sign-key/--sign-cert (a `pkcs11:` URI works too), or --no-sign".into()
+            }
         })
     }
 }

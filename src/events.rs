@@ -40,6 +40,8 @@ pub struct PackageResult {
     pub error: Option<String>,
     /// Notes that do not stop the build (uncertain derivations, ...).
     pub notes: Vec<String>,
+    /// The staged files: final path, size, signer, compression.
+    pub installed: Vec<crate::modinst::InstalledModule>,
 }
 
 impl PackageResult {
@@ -55,6 +57,7 @@ impl PackageResult {
             refusal: None,
             error: None,
             notes: Vec::new(),
+            installed: Vec::new(),
         }
     }
 }

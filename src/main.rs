@@ -7,6 +7,7 @@ mod engine;
 mod error;
 mod events;
 mod kbuild;
+mod modinst;
 mod overlay;
 mod package;
 mod reporter;
@@ -91,6 +92,18 @@ fn build(args: &BuildArgs) -> u8 {
         dry_run: args.dry_run,
         allow_kernel_change: args.allow_kernel_change,
         inherited_jobserver: inherited,
+        external: args.external,
+        install: modinst::InstallOptions {
+            strip: args
+                .strip
+                .clone()
+                .or_else(|| std::env::var("INSTALL_MOD_STRIP").ok()),
+            sign_key: args.sign_key.clone(),
+            sign_cert: args.sign_cert.clone(),
+            no_sign: args.no_sign,
+            raw: args.raw,
+        },
+        install_mod_path: args.install_mod_path.clone(),
     };
     let reporter = reporter::Reporter::new(reporter::Mode::detect(args.json));
     let start = std::time::Instant::now();

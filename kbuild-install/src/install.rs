@@ -307,6 +307,9 @@ fn collect(src: &SourceTree, obj: &ObjTree, auto_conf: &str) -> Result<BTreeMap<
         "modules.order",
         "modules.builtin",
         "modules.builtin.modinfo",
+        // The public half of the module signing key (Kbuild's cmd_sign reads it); the private
+        // key (CONFIG_MODULE_SIG_KEY) is never shipped.
+        "certs/signing_key.x509",
     ] {
         if obj.path.join(opt).is_file() {
             o.push(opt.into());
