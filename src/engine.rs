@@ -288,7 +288,12 @@ fn plan(
             *cache.entry(full.clone()).or_insert_with(|| stat(&full)) == Some((*size, *mtime))
         });
         let staged = ctx.staged(&pkg.name);
-        if unchanged && state.installed.iter().all(|m| staged.join(&m.path).is_file()) {
+        if unchanged
+            && state
+                .installed
+                .iter()
+                .all(|m| staged.join(&m.path).is_file())
+        {
             let mut r = PackageResult::new(&pkg.name, Status::Fresh);
             r.modules = state.modules;
             r.notes = state.notes;
@@ -581,7 +586,18 @@ fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -
     ];
     args.extend(ctx.k.make_vars.iter().cloned());
     if !ctx.external {
-        args.push(format!("MODPOST={}", ctx.pkg_dir(&job.pkg.name).join(MODPOST)));
+        args.push(format!(
+            "MODPOST={}",
+            ctx.pkg_dir(&job.pkg.name).join(MODPOST)
+        ));
+    }
+    // Module BTF: pahole's `-j` makes its output depend on thread timing (pahole < 1.27), and
+    // scripts/Makefile.btf drops `-j` when KBUILD_BUILD_TIMESTAMP is set, as reproducible
+    // builds (Debian's among them) do. Nothing else in a module build reads it.
+    if ctx.k.value("DEBUG_INFO_BTF_MODULES") == Some("y")
+        && std::env::var_os("KBUILD_BUILD_TIMESTAMP").is_none()
+    {
+        args.push("KBUILD_BUILD_TIMESTAMP=@0".into());
     }
     if !extra_symbols.is_empty() {
         let list: Vec<&str> = extra_symbols.iter().map(|p| p.as_str()).collect();
@@ -926,7 +942,10 @@ fn build_package(
             }
         }
         let installed = stage(ctx, job, deps_extra, started).map_err(|e| {
-            let hint = e.hint().map(|h| format!(" (hint: {h})")).unwrap_or_default();
+            let hint = e
+                .hint()
+                .map(|h| format!(" (hint: {h})"))
+                .unwrap_or_default();
             format!("{e}{hint}")
         })?;
         Ok(installed)

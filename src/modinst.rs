@@ -175,7 +175,10 @@ impl Installer {
         me.sign = Self::signer(k, opts, &mut me.notes)?;
         me.compress = Compression::of(k);
         if let Some(c) = me.compress {
-            tool(c.command().0, "the module compressor (CONFIG_MODULE_COMPRESS_*)")?;
+            tool(
+                c.command().0,
+                "the module compressor (CONFIG_MODULE_COMPRESS_*)",
+            )?;
         }
         me.depmod = which::which("depmod")
             .ok()
@@ -244,7 +247,8 @@ impl Installer {
         };
         let pkcs11 = key.starts_with("pkcs11:");
         if !pkcs11 {
-            std::fs::File::open(&key).map_err(|e| signing("read the signing key", &key, e.to_string()))?;
+            std::fs::File::open(&key)
+                .map_err(|e| signing("read the signing key", &key, e.to_string()))?;
             if explicit && std::fs::metadata(&key).is_ok_and(|m| m.is_dir()) {
                 return Err(signing("read the signing key", &key, "is a directory"));
             }
@@ -265,7 +269,10 @@ impl Installer {
             tool: "scripts/sign-file".into(),
             role: "the kernel's module signer (built with CONFIG_MODULE_SIG)",
         })?;
-        let openssl = tool("openssl", "checking the signing key against its certificate")?;
+        let openssl = tool(
+            "openssl",
+            "checking the signing key against its certificate",
+        )?;
         let cert_pub = cert_public_key(&openssl, &cert)?;
         if !pkcs11 {
             let key_pub = process::run(
@@ -277,7 +284,10 @@ impl Installer {
                 return Err(signing(
                     "read the signing key",
                     &key,
-                    format!("not a private key openssl can read: {}", key_pub.stderr.trim()),
+                    format!(
+                        "not a private key openssl can read: {}",
+                        key_pub.stderr.trim()
+                    ),
                 ));
             }
             if key_pub.stdout.trim() != cert_pub.trim() {
@@ -322,7 +332,11 @@ impl Installer {
         if let Some((strip, args)) = &self.strip {
             let mut a = args.clone();
             a.push(to.to_string());
-            process::run(duct::cmd(strip, &a).stdin_null(), &process::display(strip, &a), false)?;
+            process::run(
+                duct::cmd(strip, &a).stdin_null(),
+                &process::display(strip, &a),
+                false,
+            )?;
         }
         if let Some(s) = &self.sign {
             let a = vec![
@@ -342,7 +356,11 @@ impl Installer {
             let (prog, flags) = c.command();
             let mut a: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
             a.push(to.to_string());
-            process::run(duct::cmd(prog, &a).stdin_null(), &process::display(prog, &a), false)?;
+            process::run(
+                duct::cmd(prog, &a).stdin_null(),
+                &process::display(prog, &a),
+                false,
+            )?;
             path = Utf8PathBuf::from(format!("{to}{}", c.suffix()));
         }
         let size = std::fs::metadata(&path)
@@ -391,7 +409,11 @@ impl Installer {
         }
         a.extend(["-b".into(), root.to_string(), k.kernelrelease.clone()]);
         let line = process::display(depmod.as_str(), &a);
-        let fin = process::run(duct::cmd(depmod.as_std_path(), &a).stdin_null(), &line, false)?;
+        let fin = process::run(
+            duct::cmd(depmod.as_std_path(), &a).stdin_null(),
+            &line,
+            false,
+        )?;
         let _ = writeln!(log, "$ {line}");
         let _ = log.write_all(fin.stderr.as_bytes());
         Ok(())
@@ -479,8 +501,7 @@ fn default_cert(k: &KbuildTree) -> Option<Utf8PathBuf> {
 fn cert_public_key(openssl: &Utf8Path, cert: &Utf8Path) -> Result<String, Error> {
     let bytes = std::fs::read(cert)
         .map_err(|e| signing("read the signing certificate", cert.as_str(), e.to_string()))?;
-    let form = if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ")
-    {
+    let form = if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         "PEM"
     } else {
         "DER"
@@ -488,7 +509,15 @@ fn cert_public_key(openssl: &Utf8Path, cert: &Utf8Path) -> Result<String, Error>
     let fin = process::run(
         duct::cmd(
             openssl.as_std_path(),
-            ["x509", "-noout", "-pubkey", "-inform", form, "-in", cert.as_str()],
+            [
+                "x509",
+                "-noout",
+                "-pubkey",
+                "-inform",
+                form,
+                "-in",
+                cert.as_str(),
+            ],
         )
         .stdin_null(),
         "openssl x509 -pubkey",

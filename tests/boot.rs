@@ -10,7 +10,12 @@ use std::time::Duration;
 #[test]
 fn boots_test_kernel_and_loads_in_tree_module() {
     let tk = test_kernel();
-    let ko = tk.obj.join("drivers/net/dummy.ko");
+    // As `make modules_install` installed it: signed (the kernel has CONFIG_MODULE_SIG_FORCE)
+    // and xz-compressed.
+    let ko = tk.dir.join(format!(
+        "install/lib/modules/{}/kernel/drivers/net/dummy.ko.xz",
+        tk.release()
+    ));
     assert!(
         ko.is_file(),
         "{} missing from the test kernel",
@@ -19,7 +24,7 @@ fn boots_test_kernel_and_loads_in_tree_module() {
 
     let tmp = tempdir("extmod-boot-");
     let initrd = Initramfs::new()
-        .module(&ko, "kernel/drivers/net/dummy.ko")
+        .module(&ko, "kernel/drivers/net/dummy.ko.xz")
         .script(
             r#"
 echo "UNAME=$(uname -r)"

@@ -168,9 +168,17 @@ impl Error {
                 "remove it yourself or choose another destination; --force only replaces kbuild trees".into()
             }
             Error::DestNotWritable { .. } => "choose a destination in a directory you can write to".into(),
-            Error::MissingTool { tool, .. } => format!(
-                "install it (Debian: `apt-get install build-essential`) or put `{tool}` on PATH"
-            ),
+            Error::MissingTool { tool, .. } => {
+                let package = match tool.as_str() {
+                    "xz" => "xz-utils",
+                    "zstd" => "zstd",
+                    "gzip" => "gzip",
+                    "openssl" => "openssl",
+                    "depmod" => "kmod",
+                    _ => "build-essential",
+                };
+                format!("install it (Debian: `apt-get install {package}`) or put `{tool}` on PATH")
+            }
             Error::SelfTest { .. } => {
                 "the tree is unusable as is; rerun with --no-verify to keep it for inspection".into()
             }

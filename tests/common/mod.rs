@@ -119,3 +119,19 @@ pub fn debian_headers() -> Option<PathBuf> {
     }
     dir
 }
+
+/// A root holding Debian's own modules for the installed headers (`lib/modules/<abi>/kernel`),
+/// from `scripts/debian-modules`; prints why a test is skipped otherwise.
+pub fn debian_modules() -> Option<PathBuf> {
+    let o = std::process::Command::new(repo().join("scripts/debian-modules"))
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        eprintln!(
+            "SKIP: Debian's modules are not available: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        return None;
+    }
+    Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+}
