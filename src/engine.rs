@@ -230,7 +230,7 @@ pub fn run(
                     r
                 }
             };
-            emit(Event::Finished(r.clone()));
+            emit(Event::Finished(Box::new(r.clone())));
             out.push(r);
         }
         return Ok(out);
@@ -725,7 +725,7 @@ fn execute(
                 {
                     chain.insert(r.name.clone(), ctx.pkg_dir(&r.name).join("Module.symvers"));
                 }
-                emit(Event::Finished(r.clone()));
+                emit(Event::Finished(Box::new(r.clone())));
                 results[i] = Some(r);
             }
             Plan::Build(job) => pending.push((i, job)),
@@ -766,7 +766,7 @@ fn execute(
                 if let Some(d) = failed_dep.cloned() {
                     let mut r = PackageResult::new(&job.pkg.name, Status::Skipped);
                     r.error = Some(format!("dependency `{d}` was not built"));
-                    emit(Event::Finished(r.clone()));
+                    emit(Event::Finished(Box::new(r.clone())));
                     results[idx] = Some(r);
                     continue;
                 }
@@ -776,7 +776,7 @@ fn execute(
                         "not started after an earlier failure (use --keep-going to build the rest)"
                             .into(),
                     );
-                    emit(Event::Finished(r.clone()));
+                    emit(Event::Finished(Box::new(r.clone())));
                     results[idx] = Some(r);
                     continue;
                 }
@@ -845,7 +845,7 @@ fn execute(
             }
             let (idx, r) = rx.recv().expect("a worker reports");
             running -= 1;
-            emit(Event::Finished(r.clone()));
+            emit(Event::Finished(Box::new(r.clone())));
             results[idx] = Some(r);
         }
     });
@@ -878,7 +878,11 @@ fn build_package(
         prepare_tree(ctx, job).map_err(|e| e.to_string())?;
         let mut log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
-        for unit in &job.units {
+        // Units run in the package's order; one whose modpost misses symbols that a unit still
+        // to come exports (by the base Module.symvers) waits for it: modpost names the needs.
+        let mut pending: std::collections::VecDeque<&Unit> = job.units.iter().collect();
+        let mut deferred = 0;
+        while let Some(unit) = pending.pop_front() {
             let args = make_args(ctx, job, unit, &extra);
             let line = process::display("make", &args);
             r.commands.push(line.clone());
@@ -887,52 +891,38 @@ fn build_package(
                 command: line.clone(),
             });
             let _ = writeln!(log, "$ {line}");
-            let client = slots.client.clone();
-            let expr =
-                kbuild_install::selftest::make_expr("make", &args).before_spawn(move |cmd| {
-                    client.configure_make(cmd);
-                    Ok(())
-                });
-            let (reader, _guard) =
-                process::start_reader(expr).map_err(|e| format!("cannot start `{line}`: {e}"))?;
-            let mut reader = std::io::BufReader::new(reader);
-            let mut buf = String::new();
-            let mut text = String::new();
-            loop {
-                buf.clear();
-                match reader.read_line(&mut buf) {
-                    Ok(0) => break,
-                    Ok(_) => {
-                        let _ = log.write_all(buf.as_bytes());
-                        text.push_str(&buf);
-                        let l = buf.trim_end();
-                        if is_progress_line(l) {
-                            emit(Event::Output {
-                                package: name.clone(),
-                                line: l.trim().to_string(),
-                            });
-                        }
-                    }
-                    // A non-UTF-8 line: keep going.
-                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
-                    Err(e) => return Err(format!("reading `{line}`: {e}")),
-                }
-            }
-            let handle = reader.into_inner();
-            let status = handle.try_wait().ok().flatten().map(|o| o.status);
+            let (status, text) = run_make(&args, &line, slots, &mut log, &|l| {
+                emit(Event::Output {
+                    package: name.clone(),
+                    line: l.to_string(),
+                })
+            })?;
             if interrupted() {
                 return Err("interrupted".into());
             }
             match status {
                 Some(s) if s.success() => {
+                    deferred = 0;
                     // Later units see this one's exports when the base list lacks or filters them.
+                    // (With in-tree modpost the base list lacks every module of the package.)
                     let fresh_exports = job.variant.is_some()
+                        || !ctx.external
                         || unit.goals.iter().any(|g| {
                             ctx.k.built_module(&format!("{}/{g}", unit.dir)) == Some(false)
                         });
                     if fresh_exports {
                         extra.push(ctx.tree(name).join(&unit.dir).join("Module.symvers"));
                     }
+                }
+                _ if deferred < pending.len() && needs_later_unit(ctx, &text, &pending) => {
+                    let _ = writeln!(
+                        log,
+                        "# {}: needs exports of a later unit of this package; built after it",
+                        unit.dir
+                    );
+                    r.commands.pop();
+                    deferred += 1;
+                    pending.push_back(unit);
                 }
                 other => {
                     let why = explain_failure(&text, ctx);
@@ -961,6 +951,80 @@ fn build_package(
         Err(e) => r.error = Some(e),
     }
     r
+}
+
+/// Run one make with the shared jobserver, copying its output to `log` and Kbuild's progress
+/// lines to `progress`; its status (`None` when it could not be waited for) and output.
+fn run_make(
+    args: &[String],
+    line: &str,
+    slots: &Slots,
+    log: &mut std::fs::File,
+    progress: &dyn Fn(&str),
+) -> Result<(Option<std::process::ExitStatus>, String), String> {
+    let client = slots.client.clone();
+    let expr = kbuild_install::selftest::make_expr("make", args).before_spawn(move |cmd| {
+        client.configure_make(cmd);
+        Ok(())
+    });
+    let (reader, _guard) =
+        process::start_reader(expr).map_err(|e| format!("cannot start `{line}`: {e}"))?;
+    let mut reader = std::io::BufReader::new(reader);
+    let mut buf = String::new();
+    let mut text = String::new();
+    loop {
+        buf.clear();
+        match reader.read_line(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {
+                let _ = log.write_all(buf.as_bytes());
+                text.push_str(&buf);
+                let l = buf.trim_end();
+                if is_progress_line(l) {
+                    progress(l.trim());
+                }
+            }
+            // A non-UTF-8 line: keep going.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+            Err(e) => return Err(format!("reading `{line}`: {e}")),
+        }
+    }
+    let handle = reader.into_inner();
+    Ok((handle.try_wait().ok().flatten().map(|o| o.status), text))
+}
+
+/// Whether modpost failed only for symbols that modules of `pending` units export in the base
+/// build's Module.symvers.
+fn needs_later_unit(ctx: &Ctx, log: &str, pending: &std::collections::VecDeque<&Unit>) -> bool {
+    static UNDEF: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[[^\]]+\] undefined!"#).unwrap());
+    let needed: BTreeSet<&str> = UNDEF
+        .captures_iter(log)
+        .map(|c| c.get(1).unwrap().as_str())
+        .collect();
+    if needed.is_empty() {
+        return false;
+    }
+    let later: BTreeSet<String> = pending
+        .iter()
+        .flat_map(|u| {
+            u.goals
+                .iter()
+                .map(move |g| format!("{}/{}", u.dir, g.trim_end_matches(".ko")))
+        })
+        .collect();
+    let Ok(base) = std::fs::read_to_string(ctx.k.path.join("Module.symvers")) else {
+        return false;
+    };
+    let exported_later: BTreeSet<&str> = base
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (_, sym, module) = (f.next()?, f.next()?, f.next()?);
+            later.contains(module).then_some(sym)
+        })
+        .collect();
+    needed.iter().all(|s| exported_later.contains(s))
 }
 
 /// Create (or reuse) the package's overlay; drop outputs that are about to be rebuilt so that

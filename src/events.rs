@@ -73,5 +73,5 @@ pub enum Event {
     /// A line of make's output (Kbuild's `  CC [M]  drivers/net/dummy.o` style).
     Output { package: String, line: String },
     /// A package reached its final state.
-    Finished(PackageResult),
+    Finished(Box<PackageResult>),
 }

@@ -166,7 +166,7 @@ impl Installer {
             } else {
                 s.split_whitespace().map(str::to_string).collect()
             };
-            me.strip = Some((strip_tool(k), args));
+            me.strip = Some((strip_tool(&k.make_vars), args));
             which::which(&me.strip.as_ref().expect("set").0).map_err(|_| KError::MissingTool {
                 tool: me.strip.as_ref().expect("set").0.clone(),
                 role: "strip (INSTALL_MOD_STRIP)",
@@ -394,7 +394,7 @@ impl Installer {
         }
         let modlib = root.join("lib/modules").join(&k.kernelrelease);
         std::fs::create_dir_all(&modlib).map_err(|e| KError::io("create", &modlib, e))?;
-        let order = modules_order(k, modules);
+        let order = modules_order(k.modules_order.as_deref(), modules);
         let path = modlib.join("modules.order");
         std::fs::write(&path, order).map_err(|e| KError::io("write", &path, e))?;
         let Some(depmod) = &self.depmod else {
@@ -422,10 +422,10 @@ impl Installer {
 
 /// `modules.order` as `scripts/Makefile.modinst` installs it (`kernel/<path>.ko`), in the base
 /// build's order, modules the base does not list last.
-fn modules_order(k: &KbuildTree, modules: &[String]) -> String {
+fn modules_order(base: Option<&[String]>, modules: &[String]) -> String {
     let mut rest: Vec<&String> = modules.iter().collect();
     let mut out = String::new();
-    if let Some(order) = &k.modules_order {
+    if let Some(order) = base {
         for o in order {
             let ko = format!("{}.ko", o.strip_suffix(".o").unwrap_or(o));
             if let Some(i) = rest.iter().position(|m| **m == ko) {
@@ -441,15 +441,14 @@ fn modules_order(k: &KbuildTree, modules: &[String]) -> String {
 }
 
 /// `$(STRIP)`: `$(CROSS_COMPILE)strip`, or `llvm-strip` for LLVM builds.
-fn strip_tool(k: &KbuildTree) -> String {
-    let llvm = k.make_vars.iter().find_map(|v| v.strip_prefix("LLVM="));
+fn strip_tool(make_vars: &[String]) -> String {
+    let llvm = make_vars.iter().find_map(|v| v.strip_prefix("LLVM="));
     match llvm {
         Some(l) if l.ends_with('/') => format!("{l}llvm-strip"),
         Some(l) if l.starts_with('-') => format!("llvm-strip{l}"),
         Some(_) => "llvm-strip".into(),
         None => {
-            let cross = k
-                .make_vars
+            let cross = make_vars
                 .iter()
                 .find_map(|v| v.strip_prefix("CROSS_COMPILE="))
                 .unwrap_or("");
@@ -579,5 +578,42 @@ mod tests {
         );
         assert_eq!(Compression::Gzip.command(), ("gzip", &["-n", "-f"][..]));
         assert_eq!(Compression::Zstd.suffix(), ".zst");
+    }
+
+    #[test]
+    fn strip_follows_the_toolchain() {
+        let v = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(strip_tool(&v(&["ARCH=x86"])), "strip");
+        assert_eq!(
+            strip_tool(&v(&["ARCH=arm64", "CROSS_COMPILE=aarch64-linux-gnu-"])),
+            "aarch64-linux-gnu-strip"
+        );
+        assert_eq!(strip_tool(&v(&["LLVM=1"])), "llvm-strip");
+        assert_eq!(strip_tool(&v(&["LLVM=-16"])), "llvm-strip-16");
+        assert_eq!(
+            strip_tool(&v(&["LLVM=/opt/llvm/bin/"])),
+            "/opt/llvm/bin/llvm-strip"
+        );
+    }
+
+    #[test]
+    fn modules_order_follows_the_base_build() {
+        let base = vec![
+            "mm/zsmalloc.o".to_string(),
+            "drivers/block/zram/zram.o".into(),
+        ];
+        let ours = vec![
+            "drivers/block/zram/zram.ko".to_string(),
+            "extra/new.ko".into(),
+            "mm/zsmalloc.ko".into(),
+        ];
+        assert_eq!(
+            modules_order(Some(&base), &ours),
+            "kernel/mm/zsmalloc.ko\nkernel/drivers/block/zram/zram.ko\nkernel/extra/new.ko\n"
+        );
+        assert_eq!(
+            modules_order(None, &ours[..1]),
+            "kernel/drivers/block/zram/zram.ko\n"
+        );
     }
 }

@@ -110,9 +110,10 @@ fn nlmon_builds_through_a_variant_and_loads() {
     let ko = out
         .join("CONFIG_NLMON/lib/modules")
         .join(tk.release())
-        .join("kernel/drivers/net/nlmon.ko");
+        .join("kernel/drivers/net/nlmon.ko.xz");
+    // Signed with the kernel's key by extmod (the test kernel has CONFIG_MODULE_SIG_FORCE).
     let image = Initramfs::new()
-        .module(&ko, "kernel/drivers/net/nlmon.ko")
+        .module(&ko, "kernel/drivers/net/nlmon.ko.xz")
         .script("depmod\nmodprobe nlmon\nlsmod\nip link add nlmon0 type nlmon\ntest -e /sys/class/net/nlmon0\n");
     let r = boot(
         &tk.bzimage(),
@@ -143,10 +144,14 @@ fn module_local_sub_option_builds_and_differs() {
     let (code, doc, err) = build(&d, &out, &["--packages", pf.to_str().unwrap()]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(package(&doc, "kmod-fs-squashfs")["status"], "built");
-    let ours = out
-        .join("kmod-fs-squashfs/lib/modules")
-        .join(tk.release())
-        .join("kernel/fs/squashfs/squashfs.ko");
+    assert!(
+        out.join("kmod-fs-squashfs/lib/modules")
+            .join(tk.release())
+            .join("kernel/fs/squashfs/squashfs.ko.xz")
+            .is_file()
+    );
+    // The module as built (the staged one is signed and compressed).
+    let ours = d.join("kmod-fs-squashfs/tree/fs/squashfs/squashfs.ko");
     // The XZ wrapper calls the kernel's XZ decoder only when SQUASHFS_XZ is on.
     assert!(
         has_symbol(&ours, "xz_dec_run"),
