@@ -85,16 +85,7 @@ impl KbuildTree {
         }
         let make_vars = match &manifest {
             Some(m) => m.make_vars(),
-            None => {
-                let arch = if config_value(&auto_conf, "X86_64") == Some("y")
-                    || config_value(&auto_conf, "X86_32") == Some("y")
-                {
-                    "x86".to_string()
-                } else {
-                    std::env::consts::ARCH.to_string()
-                };
-                vec![format!("ARCH={arch}")]
-            }
+            None => vec![format!("ARCH={}", arch_of_config(&auto_conf))],
         };
         let modules_order = read_opt(&path.join("modules.order")).map(|t| {
             t.lines()
@@ -121,7 +112,6 @@ impl KbuildTree {
                     || "x86".to_string(),
                     |a| match a {
                         "x86_64" | "i386" => "x86".to_string(),
-                        "aarch64" => "arm64".to_string(),
                         a => a.to_string(),
                     },
                 ),
@@ -154,6 +144,30 @@ impl KbuildTree {
     }
 }
 
+/// Kbuild's ARCH (= SRCARCH) for a configuration, from the architecture symbol every arch's
+/// Kconfig defines (`CONFIG_ARM64=y` → `arm64`); the host's when none is recognised.
+fn arch_of_config(auto_conf: &str) -> String {
+    const ARCHES: &[(&str, &str)] = &[
+        ("X86", "x86"),
+        ("ARM64", "arm64"),
+        ("ARM", "arm"),
+        ("MIPS", "mips"),
+        ("RISCV", "riscv"),
+        ("PPC", "powerpc"),
+        ("S390", "s390"),
+        ("LOONGARCH", "loongarch"),
+    ];
+    ARCHES
+        .iter()
+        .find(|(sym, _)| config_value(auto_conf, sym) == Some("y"))
+        .map(|(_, a)| a.to_string())
+        .unwrap_or_else(|| match std::env::consts::ARCH {
+            "x86_64" | "x86" => "x86".into(),
+            "aarch64" => "arm64".into(),
+            a => a.to_string(),
+        })
+}
+
 /// The directory a distribution wrapper Makefile delegates to (`-C <dir>` or `include <dir>/Makefile`).
 fn wrapper_target(makefile: &str) -> Option<Utf8PathBuf> {
     for line in makefile.lines() {
@@ -172,4 +186,19 @@ fn wrapper_target(makefile: &str) -> Option<Utf8PathBuf> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_from_the_configuration() {
+        assert_eq!(arch_of_config("CONFIG_64BIT=y\nCONFIG_X86=y\n"), "x86");
+        assert_eq!(arch_of_config("CONFIG_ARM64=y\n"), "arm64");
+        // CONFIG_ARM is not a prefix match of CONFIG_ARM64.
+        assert_eq!(arch_of_config("CONFIG_ARM64=y\nCONFIG_ARM_AMBA=y\n"), "arm64");
+        assert_eq!(arch_of_config("CONFIG_ARM=y\n"), "arm");
+        assert_eq!(arch_of_config("CONFIG_MIPS=y\n"), "mips");
+    }
 }

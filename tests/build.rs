@@ -5,7 +5,7 @@ mod common;
 
 use assert_cmd::Command;
 use common::qemu::{Initramfs, boot};
-use common::{TestKernel, fingerprint, test_kernel};
+use common::{TestKernel, files_of, fingerprint, test_kernel};
 use kbuild_install::elf;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -49,28 +49,6 @@ fn module_symbols(tk: &TestKernel) -> Vec<String> {
         .filter_map(|l| l.strip_suffix("=m"))
         .map(str::to_string)
         .collect()
-}
-
-/// Every file below `root`, relative, with its bytes (symlinks as their target).
-fn files_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let mut out = std::collections::BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            let ft = e.file_type().unwrap();
-            if ft.is_symlink() {
-                let t = std::fs::read_link(&p).unwrap();
-                out.insert(rel, t.to_string_lossy().as_bytes().to_vec());
-            } else if ft.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
 }
 
 #[test]

@@ -6,7 +6,19 @@ mod common;
 
 #[test]
 fn source_and_object_trees_are_unchanged() {
-    let tk = common::test_kernel();
+    check(common::test_kernel());
+}
+
+#[test]
+fn cross_source_and_object_trees_are_unchanged() {
+    for target in [common::Target::Arm64, common::Target::Armhf] {
+        if target.available() {
+            check(common::cross_kernel(target));
+        }
+    }
+}
+
+fn check(tk: &common::TestKernel) {
     for (tree, saved) in [(&tk.src, "fingerprint.src"), (&tk.obj, "fingerprint.obj")] {
         let want = std::fs::read_to_string(tk.dir.join(saved)).unwrap();
         let got = common::fingerprint(tree);

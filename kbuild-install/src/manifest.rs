@@ -72,8 +72,8 @@ impl Manifest {
         if !self.cross_compile.is_empty() {
             v.push(format!("CROSS_COMPILE={}", self.cross_compile));
         }
-        if self.cc.contains("clang") {
-            v.push("LLVM=1".into());
+        if let Some(llvm) = crate::tree::llvm_of(&self.cc) {
+            v.push(format!("LLVM={llvm}"));
         } else if self.cc != format!("{}gcc", self.cross_compile) {
             v.push(format!("CC={}", self.cc));
         }
@@ -136,5 +136,19 @@ mod tests {
         );
         m.cc = "clang".into();
         assert_eq!(m.make_vars()[2], "LLVM=1");
+        m.cc = "clang-16".into();
+        assert_eq!(m.make_vars()[2], "LLVM=-16");
+        m.cc = "/usr/lib/llvm-16/bin/clang".into();
+        assert_eq!(m.make_vars()[2], "LLVM=/usr/lib/llvm-16/bin/");
+        // A versioned cross gcc: CROSS_COMPILE from its prefix, CC as recorded.
+        m.cc = "aarch64-linux-gnu-gcc-12".into();
+        assert_eq!(
+            m.make_vars(),
+            [
+                "ARCH=arm64",
+                "CROSS_COMPILE=aarch64-linux-gnu-",
+                "CC=aarch64-linux-gnu-gcc-12"
+            ]
+        );
     }
 }

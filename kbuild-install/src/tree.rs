@@ -231,17 +231,50 @@ pub fn config_value<'a>(text: &'a str, sym: &str) -> Option<&'a str> {
     })
 }
 
-/// `CROSS_COMPILE` as the prefix of the recorded `CC` (`aarch64-linux-gnu-gcc` → `aarch64-linux-gnu-`).
+/// `CROSS_COMPILE` as the prefix of the recorded `CC` (`aarch64-linux-gnu-gcc` and the versioned
+/// `aarch64-linux-gnu-gcc-12` → `aarch64-linux-gnu-`).
 pub fn cross_compile_of(cc: &str) -> String {
-    let base = cc.rsplit('/').next().unwrap_or(cc);
+    let (dir, base) = match cc.rsplit_once('/') {
+        Some((d, b)) => (format!("{d}/"), b),
+        None => (String::new(), cc),
+    };
+    // A version suffix (`gcc-12`) is not part of the prefix.
+    let base = match base.rsplit_once('-') {
+        Some((head, v)) if !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.') => {
+            head
+        }
+        _ => base,
+    };
     for suffix in ["gcc", "cc"] {
         if let Some(prefix) = base.strip_suffix(suffix)
             && (prefix.is_empty() || prefix.ends_with('-'))
         {
-            return prefix.to_string();
+            // A bare `gcc` found by path has no prefix; a triplet keeps its directory.
+            return if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{dir}{prefix}")
+            };
         }
     }
     String::new()
+}
+
+/// `LLVM=` as Kbuild takes it, from the recorded `CC`: `clang` → `1`, `clang-16` → `-16`,
+/// `/usr/lib/llvm-16/bin/clang` → `/usr/lib/llvm-16/bin/`; `None` for other compilers.
+pub fn llvm_of(cc: &str) -> Option<String> {
+    let (dir, base) = match cc.rsplit_once('/') {
+        Some((d, b)) => (format!("{d}/"), b),
+        None => (String::new(), cc),
+    };
+    let suffix = base.strip_prefix("clang")?;
+    if !dir.is_empty() && suffix.is_empty() {
+        return Some(dir);
+    }
+    if suffix.is_empty() {
+        return Some("1".into());
+    }
+    suffix.starts_with('-').then(|| suffix.to_string())
 }
 
 #[cfg(test)]
@@ -307,5 +340,27 @@ mod tests {
             "aarch64-linux-gnu-"
         );
         assert_eq!(cross_compile_of("clang"), "");
+        assert_eq!(
+            cross_compile_of("aarch64-linux-gnu-gcc-12"),
+            "aarch64-linux-gnu-"
+        );
+        assert_eq!(
+            cross_compile_of("/opt/x/bin/arm-openwrt-linux-muslgnueabi-gcc"),
+            "/opt/x/bin/arm-openwrt-linux-muslgnueabi-"
+        );
+        assert_eq!(cross_compile_of("gcc-12"), "");
+        assert_eq!(cross_compile_of("/usr/bin/gcc"), "");
+    }
+
+    #[test]
+    fn llvm_as_kbuild_takes_it() {
+        assert_eq!(llvm_of("clang").as_deref(), Some("1"));
+        assert_eq!(llvm_of("clang-16").as_deref(), Some("-16"));
+        assert_eq!(
+            llvm_of("/usr/lib/llvm-16/bin/clang").as_deref(),
+            Some("/usr/lib/llvm-16/bin/")
+        );
+        assert_eq!(llvm_of("gcc"), None);
+        assert_eq!(llvm_of("aarch64-linux-gnu-gcc-12"), None);
     }
 }

@@ -15,11 +15,72 @@ pub struct TestKernel {
     pub dir: PathBuf,
     pub src: PathBuf,
     pub obj: PathBuf,
+    pub target: Target,
+}
+
+/// A test kernel's target: its make variables, boot image, qemu and busybox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    X86_64,
+    Arm64,
+    /// 32-bit ARMv7, hard-float EABI (OpenWrt's kind of target).
+    Armhf,
+}
+
+impl Target {
+    /// The name `scripts/test-kernel` and `scripts/target-busybox` take.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::X86_64 => "x86_64",
+            Target::Arm64 => "arm64",
+            Target::Armhf => "armhf",
+        }
+    }
+    pub fn cross_compile(self) -> &'static str {
+        match self {
+            Target::X86_64 => "",
+            Target::Arm64 => "aarch64-linux-gnu-",
+            Target::Armhf => "arm-linux-gnueabihf-",
+        }
+    }
+    /// Kbuild's SRCARCH.
+    pub fn srcarch(self) -> &'static str {
+        match self {
+            Target::X86_64 => "x86",
+            Target::Arm64 => "arm64",
+            Target::Armhf => "arm",
+        }
+    }
+    /// The ELF machine of its modules (`e_machine`).
+    pub fn elf_machine(self) -> u16 {
+        match self {
+            Target::X86_64 => 62,
+            Target::Arm64 => 183,
+            Target::Armhf => 40,
+        }
+    }
+    fn image(self) -> &'static str {
+        match self {
+            Target::X86_64 => "arch/x86/boot/bzImage",
+            Target::Arm64 => "arch/arm64/boot/Image",
+            Target::Armhf => "arch/arm/boot/zImage",
+        }
+    }
+    /// Whether its cross compiler is installed (scripts/deps installs them); prints why a test
+    /// is skipped otherwise.
+    pub fn available(self) -> bool {
+        let cc = format!("{}gcc", self.cross_compile());
+        let ok = which::which(&cc).is_ok();
+        if !ok {
+            eprintln!("SKIP: {cc} not installed (scripts/deps installs it)");
+        }
+        ok
+    }
 }
 
 impl TestKernel {
     pub fn bzimage(&self) -> PathBuf {
-        self.obj.join("arch/x86/boot/bzImage")
+        self.obj.join(self.target.image())
     }
     pub fn release(&self) -> String {
         std::fs::read_to_string(self.obj.join("include/config/kernel.release"))
@@ -33,25 +94,41 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Locate (building once if needed, ~8 minutes) the test kernel.
+/// Locate (building once if needed, ~5 minutes) the x86_64 test kernel.
 pub fn test_kernel() -> &'static TestKernel {
     static TK: OnceLock<TestKernel> = OnceLock::new();
-    TK.get_or_init(|| {
-        let out = Command::new(repo().join("scripts/test-kernel"))
-            .output()
-            .expect("run scripts/test-kernel");
-        assert!(
-            out.status.success(),
-            "scripts/test-kernel failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
-        TestKernel {
-            src: dir.join("src"),
-            obj: dir.join("obj"),
-            dir,
-        }
-    })
+    TK.get_or_init(|| locate(Target::X86_64))
+}
+
+/// The test kernel of a cross target (building once if needed, ~7 minutes).
+pub fn cross_kernel(target: Target) -> &'static TestKernel {
+    static ARM64: OnceLock<TestKernel> = OnceLock::new();
+    static ARMHF: OnceLock<TestKernel> = OnceLock::new();
+    match target {
+        Target::X86_64 => test_kernel(),
+        Target::Arm64 => ARM64.get_or_init(|| locate(target)),
+        Target::Armhf => ARMHF.get_or_init(|| locate(target)),
+    }
+}
+
+fn locate(target: Target) -> TestKernel {
+    let out = Command::new(repo().join("scripts/test-kernel"))
+        .arg(target.name())
+        .output()
+        .expect("run scripts/test-kernel");
+    assert!(
+        out.status.success(),
+        "scripts/test-kernel {} failed:\n{}",
+        target.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    TestKernel {
+        src: dir.join("src"),
+        obj: dir.join("obj"),
+        dir,
+        target,
+    }
 }
 
 /// A fresh temporary directory under the target dir (same filesystem as the cache in CI and
@@ -78,12 +155,17 @@ pub fn fingerprint(root: &Path) -> String {
 /// A Kbuild tree of the test kernel made by `extmod kbuild-install` (without the self-test),
 /// at `target/tmp/<name>`, once per test process.
 pub fn kbuild(name: &str) -> PathBuf {
+    kbuild_of(test_kernel(), name)
+}
+
+/// A Kbuild tree of `tk` made by `extmod kbuild-install` at `target/tmp/<name>`, once per test
+/// process.
+pub fn kbuild_of(tk: &TestKernel, name: &str) -> PathBuf {
     static TREES: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
     let mut trees = TREES.lock().unwrap();
     if let Some((_, p)) = trees.iter().find(|(n, _)| n == name) {
         return p.clone();
     }
-    let tk = test_kernel();
     let dest = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let out = Command::new(env!("CARGO_BIN_EXE_extmod"))
         .args(["kbuild-install", "--no-verify", "--force", "--srctree"])
@@ -135,3 +217,26 @@ pub fn debian_modules() -> Option<PathBuf> {
     }
     Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
+
+/// Every file below `root`, relative, with its bytes (symlinks as their target).
+pub fn files_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let ft = e.file_type().unwrap();
+            if ft.is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                out.insert(rel, t.to_string_lossy().as_bytes().to_vec());
+            } else if ft.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+

@@ -33,6 +33,8 @@ const REQUIRED_APPLETS: &[&str] = &[
 /// with `-no-reboot`).
 #[derive(Debug, Default, Clone)]
 pub struct Initramfs {
+    /// A static busybox for the guest's architecture (default: the host's).
+    busybox: Option<PathBuf>,
     release: Option<String>,
     modules: Vec<(PathBuf, String)>,
     trees: Vec<(PathBuf, String)>,
@@ -43,6 +45,31 @@ impl Initramfs {
     /// An empty image: busybox and `/init` only, with an empty script.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The guest's static busybox (for a cross target, from `scripts/target-busybox`).
+    pub fn busybox(mut self, path: &Path) -> Self {
+        self.busybox = Some(path.to_path_buf());
+        self
+    }
+
+    /// An image for `target`: its busybox (fetched once by `scripts/target-busybox`).
+    pub fn for_target(target: super::Target) -> Self {
+        let me = Self::new();
+        if target == super::Target::X86_64 {
+            return me;
+        }
+        let arch = target.name();
+        let out = Command::new(super::repo().join("scripts/target-busybox"))
+            .arg(arch)
+            .output()
+            .expect("run scripts/target-busybox");
+        assert!(
+            out.status.success(),
+            "scripts/target-busybox {arch}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        me.busybox(Path::new(String::from_utf8_lossy(&out.stdout).trim()))
     }
 
     /// The kernel release used for `/lib/modules/<release>`; defaults to the test kernel's.
@@ -83,10 +110,12 @@ impl Initramfs {
             fs::create_dir_all(root.join(d)).unwrap();
         }
 
-        let busybox = busybox_path();
+        let busybox = self.busybox.clone().unwrap_or_else(busybox_path);
         assert_static_elf(&busybox);
         fs::copy(&busybox, root.join("bin/busybox")).unwrap();
-        let mut applets = host_applets(&busybox);
+        // Debian builds busybox-static with one configuration for every architecture: the
+        // host's applet list is the guest's.
+        let mut applets = host_applets(&busybox_path());
         applets.extend(REQUIRED_APPLETS.iter().map(|a| a.to_string()));
         applets.sort();
         applets.dedup();
@@ -154,11 +183,15 @@ fn assert_static_elf(path: &Path) {
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
     assert!(
-        bytes.len() > 64 && bytes.starts_with(b"\x7fELF\x02\x01"),
-        "{} is not a 64-bit little-endian ELF; {hint}",
+        bytes.len() > 64 && bytes.starts_with(b"\x7fELF") && bytes[5] == 1,
+        "{} is not a little-endian ELF; {hint}",
         path.display()
     );
-    let (phoff, phentsize, phnum) = (u64_at(0x20), u16_at(0x36), u16_at(0x38));
+    let (phoff, phentsize, phnum) = if bytes[4] == 2 {
+        (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    } else {
+        (u32_at(0x1c) as usize, u16_at(0x2a), u16_at(0x2c))
+    };
     let interp = (0..phnum).any(|i| u32_at(phoff + i * phentsize) == 3);
     assert!(!interp, "{} is dynamically linked; {hint}", path.display());
 }
@@ -310,18 +343,46 @@ fn wait_or_kill(child: &mut Child, timeout: Duration) -> bool {
 /// Boot `bzimage` with `initrd` under `qemu-system-x86_64` (TCG, 256 MiB, serial console on
 /// stdout) and return the console once qemu exits, killing it after `timeout`.
 pub fn boot(bzimage: &Path, initrd: &Path, timeout: Duration) -> BootResult {
-    let mut child = Command::new("qemu-system-x86_64")
+    boot_target(super::Target::X86_64, bzimage, initrd, timeout)
+}
+
+/// Boot a kernel of `target`: x86_64 as [`boot`], arm64 with `qemu-system-aarch64 -M virt`,
+/// armhf with `qemu-system-arm -M virt` (PL011 console).
+pub fn boot_target(
+    target: super::Target,
+    image: &Path,
+    initrd: &Path,
+    timeout: Duration,
+) -> BootResult {
+    use super::Target;
+    let (qemu, machine, console, package): (&str, &[&str], &str, &str) = match target {
+        Target::X86_64 => ("qemu-system-x86_64", &[], "ttyS0", "qemu-system-x86"),
+        Target::Arm64 => (
+            "qemu-system-aarch64",
+            &["-M", "virt", "-cpu", "cortex-a57"],
+            "ttyAMA0",
+            "qemu-system-arm",
+        ),
+        Target::Armhf => (
+            "qemu-system-arm",
+            &["-M", "virt", "-cpu", "cortex-a15"],
+            "ttyAMA0",
+            "qemu-system-arm",
+        ),
+    };
+    let mut child = Command::new(qemu)
+        .args(machine)
         .arg("-kernel")
-        .arg(bzimage)
+        .arg(image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args(["-append", &format!("console={console} panic=-1 quiet")])
         .args(["-nographic", "-no-reboot", "-m", "256", "-accel", "tcg"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run qemu-system-x86_64; hint: apt-get install qemu-system-x86");
+        .unwrap_or_else(|e| panic!("run {qemu}: {e}; hint: apt-get install {package}"));
     let stdout = drain(child.stdout.take().unwrap());
     let stderr = drain(child.stderr.take().unwrap());
     let killed = wait_or_kill(&mut child, timeout);
