@@ -43,6 +43,15 @@ pub fn modinfo_value(path: &Utf8Path, key: &str) -> Result<Option<String>> {
         .map(|(_, v)| v))
 }
 
+/// The machine an object is for, as `"Aarch64 64-bit"` (architecture and word size).
+pub fn machine(path: &Utf8Path) -> Result<String> {
+    let data = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let file = object::File::parse(&*data)
+        .map_err(|e| Error::io("parse module", path, std::io::Error::other(e)))?;
+    let bits = if file.is_64() { 64 } else { 32 };
+    Ok(format!("{:?} {bits}-bit", file.architecture()))
+}
+
 /// The marker `scripts/sign-file` appends after a module's signature.
 pub const SIGNATURE_MAGIC: &[u8] = b"~Module signature appended~\n";
 

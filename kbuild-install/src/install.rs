@@ -94,7 +94,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     });
 
     let srcarch = obj.srcarch().to_string();
-    let vermagic = base_vermagic(&obj.path)?;
+    let (vermagic, machine) = base_vermagic(&obj.path)?;
     let manifest = Manifest {
         format: crate::manifest::FORMAT,
         kernelrelease: obj.kernelrelease.clone(),
@@ -107,6 +107,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
         toolchain_env: env.clone(),
         config_sha256: sha256_file(&obj.path.join(".config"))?,
         vermagic,
+        machine,
         made_from: MadeFrom {
             srctree: src.path.clone(),
             objtree: obj.path.clone(),
@@ -455,10 +456,10 @@ fn copy_file(from: &Utf8Path, to: &Utf8Path, meta: &fs::Metadata) -> Result<()> 
     Ok(())
 }
 
-/// The vermagic of the first module the base build made, if it made any.
-fn base_vermagic(obj: &Utf8Path) -> Result<Option<String>> {
+/// The vermagic and target machine of the first module the base build made, if it made any.
+fn base_vermagic(obj: &Utf8Path) -> Result<(Option<String>, Option<String>)> {
     let Ok(order) = fs::read_to_string(obj.join("modules.order")) else {
-        return Ok(None);
+        return Ok((None, None));
     };
     for line in order.lines() {
         let Some(stem) = line.trim().strip_suffix(".o") else {
@@ -466,10 +467,10 @@ fn base_vermagic(obj: &Utf8Path) -> Result<Option<String>> {
         };
         let ko = obj.join(format!("{stem}.ko"));
         if ko.is_file() {
-            return elf::modinfo_value(&ko, "vermagic");
+            return Ok((elf::modinfo_value(&ko, "vermagic")?, Some(elf::machine(&ko)?)));
         }
     }
-    Ok(None)
+    Ok((None, None))
 }
 
 #[cfg(test)]

@@ -27,6 +27,9 @@ pub struct Manifest {
     pub config_sha256: String,
     /// The kernel's vermagic, where it could be read from a module of the base build.
     pub vermagic: Option<String>,
+    /// The target machine of the base build's modules (`"Aarch64 64-bit"`), where one exists.
+    #[serde(default)]
+    pub machine: Option<String>,
     pub made_from: MadeFrom,
     pub files: FileCounts,
 }
@@ -104,6 +107,7 @@ mod tests {
             toolchain_env: BTreeMap::from([("CC".into(), "gcc".into())]),
             config_sha256: "00".into(),
             vermagic: None,
+            machine: None,
             made_from: MadeFrom {
                 srctree: "/s".into(),
                 objtree: "/o".into(),

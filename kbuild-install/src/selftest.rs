@@ -103,5 +103,14 @@ pub fn verify(tree: &Utf8Path, manifest: &Manifest) -> Result<String> {
         }
         _ => {}
     }
+    // The target's code: a cross build with the host compiler would not load.
+    if let Some(expected) = &manifest.machine {
+        let got = elf::machine(&ko)?;
+        if got != *expected {
+            return Err(fail(format!(
+                "`{ko}` is for {got}, the kernel's modules are for {expected}"
+            )));
+        }
+    }
     Ok(vermagic)
 }
