@@ -176,13 +176,17 @@ pub fn run(
             }
         }
     }
-    let cc = k.manifest.as_ref().map_or("gcc", |m| m.cc.as_str());
-    for (tool, role) in [("make", "GNU make"), (cc, "the kernel's C compiler (CC)")] {
+    let cc = k.compiler();
+    for (tool, role) in [
+        ("make", "GNU make"),
+        (cc.as_str(), "the kernel's C compiler (CC)"),
+    ] {
         which::which(tool).map_err(|_| KError::MissingTool {
             tool: tool.to_string(),
             role,
         })?;
     }
+    k.check_compiler_target(&cc)?;
     let install_root = match &opts.install_mod_path {
         Some(p) => Some(output_dir(p, &src, &k)?),
         None => None,

@@ -17,6 +17,7 @@ pub mod code {
     pub const NO_KCONFIG: u8 = 29;
     pub const AUDIT_ERRORS: u8 = 30;
     pub const SIGNING: u8 = 40;
+    pub const COMPILER_TARGET: u8 = 41;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +45,16 @@ pub enum Error {
     )]
     NoKconfig(Utf8PathBuf),
 
+    #[error(
+        "compiler `{cc}` generates code for `{triple}`, but Kbuild tree `{tree}` is for ARCH={srcarch}"
+    )]
+    CompilerTarget {
+        cc: String,
+        triple: String,
+        tree: Utf8PathBuf,
+        srcarch: String,
+    },
+
     #[error("cannot {what} `{path}`: {why}")]
     Signing {
         what: String,
@@ -63,6 +74,7 @@ impl Error {
             | Error::NoPackages => code::BAD_PACKAGES,
             Error::NoKconfig(_) => code::NO_KCONFIG,
             Error::Signing { .. } => code::SIGNING,
+            Error::CompilerTarget { .. } => code::COMPILER_TARGET,
         }
     }
 
@@ -79,6 +91,9 @@ impl Error {
             Error::Cycle(_) => "break the cycle: a package cannot depend on itself through others".into(),
             Error::NoPackages => "name CONFIG_ symbols or pass --packages FILE".into(),
             Error::NoKconfig(_) => "make the Kbuild tree with `extmod kbuild-install`, which ships Kconfig and conf".into(),
+            Error::CompilerTarget { srcarch, .. } => format!(
+                "put the cross compiler for {srcarch} on PATH (a tree without a manifest takes CROSS_COMPILE from the environment), or use the Kbuild tree of this compiler's kernel"
+            ),
             Error::Signing { .. } => {
                 "give the kernel's private key and certificate with --sign-key/--sign-cert (a `pkcs11:` URI works too), or --no-sign".into()
             }

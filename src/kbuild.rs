@@ -85,7 +85,16 @@ impl KbuildTree {
         }
         let make_vars = match &manifest {
             Some(m) => m.make_vars(),
-            None => vec![format!("ARCH={}", arch_of_config(&auto_conf))],
+            None => {
+                let mut v = vec![format!("ARCH={}", arch_of_config(&auto_conf))];
+                // Not recorded in such trees: the caller's, when given.
+                if let Ok(cross) = std::env::var("CROSS_COMPILE")
+                    && !cross.is_empty()
+                {
+                    v.push(format!("CROSS_COMPILE={cross}"));
+                }
+                v
+            }
         };
         let modules_order = read_opt(&path.join("modules.order")).map(|t| {
             t.lines()
@@ -137,6 +146,40 @@ impl KbuildTree {
         self.values.get(sym).map(String::as_str)
     }
 
+    /// The C compiler modules are built with: the recorded CC, else `$(CROSS_COMPILE)gcc` with
+    /// CROSS_COMPILE from the environment (trees without a manifest do not record it).
+    pub fn compiler(&self) -> String {
+        match &self.manifest {
+            Some(m) => m.cc.clone(),
+            None => format!("{}gcc", std::env::var("CROSS_COMPILE").unwrap_or_default()),
+        }
+    }
+
+    /// The compiler must generate code for the tree's architecture: `cc -dumpmachine` names its
+    /// target (`aarch64-linux-gnu`), which maps to one Kbuild SRCARCH.
+    pub fn check_compiler_target(&self, cc: &str) -> Result<(), Error> {
+        let Ok(out) = std::process::Command::new(cc)
+            .arg("-dumpmachine")
+            .stdin(std::process::Stdio::null())
+            .output()
+        else {
+            return Ok(());
+        };
+        let triple = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let Some(arch) = srcarch_of_triple(&triple) else {
+            return Ok(());
+        };
+        if arch != self.srcarch {
+            return Err(Error::CompilerTarget {
+                cc: cc.to_string(),
+                triple,
+                tree: self.path.clone(),
+                srcarch: self.srcarch.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether the base build made `<rel>.ko` (`None`: the tree does not say).
     pub fn built_module(&self, ko: &str) -> Option<bool> {
         let o = format!("{}.o", ko.strip_suffix(".ko").unwrap_or(ko));
@@ -168,6 +211,23 @@ fn arch_of_config(auto_conf: &str) -> String {
         })
 }
 
+/// Kbuild's SRCARCH for a GNU target triple's CPU (`aarch64-linux-gnu` → `arm64`); `None` for
+/// CPUs not listed.
+fn srcarch_of_triple(triple: &str) -> Option<&'static str> {
+    let cpu = triple.split('-').next()?;
+    Some(match cpu {
+        "x86_64" | "i386" | "i486" | "i586" | "i686" => "x86",
+        "aarch64" | "aarch64_be" => "arm64",
+        c if c.starts_with("arm") => "arm",
+        c if c.starts_with("mips") => "mips",
+        c if c.starts_with("riscv") => "riscv",
+        c if c.starts_with("powerpc") || c.starts_with("ppc") => "powerpc",
+        "s390x" | "s390" => "s390",
+        "loongarch64" => "loongarch",
+        _ => return None,
+    })
+}
+
 /// The directory a distribution wrapper Makefile delegates to (`-C <dir>` or `include <dir>/Makefile`).
 fn wrapper_target(makefile: &str) -> Option<Utf8PathBuf> {
     for line in makefile.lines() {
@@ -197,8 +257,20 @@ mod tests {
         assert_eq!(arch_of_config("CONFIG_64BIT=y\nCONFIG_X86=y\n"), "x86");
         assert_eq!(arch_of_config("CONFIG_ARM64=y\n"), "arm64");
         // CONFIG_ARM is not a prefix match of CONFIG_ARM64.
-        assert_eq!(arch_of_config("CONFIG_ARM64=y\nCONFIG_ARM_AMBA=y\n"), "arm64");
+        assert_eq!(
+            arch_of_config("CONFIG_ARM64=y\nCONFIG_ARM_AMBA=y\n"),
+            "arm64"
+        );
         assert_eq!(arch_of_config("CONFIG_ARM=y\n"), "arm");
         assert_eq!(arch_of_config("CONFIG_MIPS=y\n"), "mips");
+    }
+
+    #[test]
+    fn compiler_targets() {
+        assert_eq!(srcarch_of_triple("x86_64-linux-gnu"), Some("x86"));
+        assert_eq!(srcarch_of_triple("aarch64-linux-gnu"), Some("arm64"));
+        assert_eq!(srcarch_of_triple("arm-linux-gnueabihf"), Some("arm"));
+        assert_eq!(srcarch_of_triple("mipsel-openwrt-linux-musl"), Some("mips"));
+        assert_eq!(srcarch_of_triple("weird"), None);
     }
 }

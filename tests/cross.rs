@@ -157,7 +157,15 @@ fn pipeline(target: Target) {
     let r = boot_target(target, &tk.bzimage(), &initrd, Duration::from_secs(300));
     r.assert_ok();
     let text = r.script_output();
-    for m in ["zram", "zsmalloc", "nls_utf8", "dummy", "veth", "nlmon", "libcrc32c"] {
+    for m in [
+        "zram",
+        "zsmalloc",
+        "nls_utf8",
+        "dummy",
+        "veth",
+        "nlmon",
+        "libcrc32c",
+    ] {
         assert!(
             text.lines().any(|l| l.split_whitespace().next() == Some(m)),
             "{}: {m} not loaded:\n{}",
@@ -200,7 +208,43 @@ fn pipeline(target: Target) {
     );
     assert!(!t.join("out2").exists());
 
-    assert_eq!(fingerprint(&tk.src), src_before, "the source tree was modified");
+    // The object tree itself as K (no manifest): ARCH comes from its configuration, and a
+    // compiler for another architecture (the host's gcc, or the other ARM's cross compiler:
+    // a 32-bit tree with a 64-bit compiler and the reverse) is refused before anything runs.
+    let other = match target {
+        Target::Armhf => "aarch64-linux-gnu-",
+        _ => "arm-linux-gnueabihf-",
+    };
+    for cross in ["", other] {
+        let o = extmod()
+            .env("CROSS_COMPILE", cross)
+            .arg("build")
+            .arg("-K")
+            .arg(&tk.obj)
+            .arg("-S")
+            .arg(&tk.src)
+            .arg("-D")
+            .arg(t.join("objs3"))
+            .arg("-O")
+            .arg(t.join("out3"))
+            .arg("CONFIG_DUMMY")
+            .assert()
+            .code(41)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("is for ARCH={}", target.srcarch())) && err.contains("hint:"),
+            "{cross}: {err}"
+        );
+        assert!(!t.join("out3").exists() && !t.join("objs3").exists());
+    }
+
+    assert_eq!(
+        fingerprint(&tk.src),
+        src_before,
+        "the source tree was modified"
+    );
 }
 
 #[test]

@@ -467,7 +467,10 @@ fn base_vermagic(obj: &Utf8Path) -> Result<(Option<String>, Option<String>)> {
         };
         let ko = obj.join(format!("{stem}.ko"));
         if ko.is_file() {
-            return Ok((elf::modinfo_value(&ko, "vermagic")?, Some(elf::machine(&ko)?)));
+            return Ok((
+                elf::modinfo_value(&ko, "vermagic")?,
+                Some(elf::machine(&ko)?),
+            ));
         }
     }
     Ok((None, None))

@@ -239,4 +239,3 @@ pub fn files_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
-
