@@ -58,6 +58,12 @@ pub struct InstallArgs {
     /// Print the manifest as JSON on stdout instead of progress lines.
     #[arg(long)]
     pub json: bool,
+    /// Make variables the kernel was built with that reach the compiler (KCFLAGS=...,
+    /// KCPPFLAGS=..., LLVM=..., CC=...), as given on its make command line; recorded in the
+    /// manifest and passed to every module build. Checked against the base build's own
+    /// compile commands.
+    #[arg(value_name = "VAR=VALUE")]
+    pub make_vars: Vec<String>,
 }
 
 impl InstallArgs {
@@ -69,6 +75,7 @@ impl InstallArgs {
             copy: self.copy,
             force: self.force,
             verify: !self.no_verify,
+            make_vars: self.make_vars.clone(),
         }
     }
 }

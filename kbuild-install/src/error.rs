@@ -25,6 +25,9 @@ pub mod exit {
 /// Everything that can go wrong while inspecting kernel trees or installing a Kbuild tree.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("make variable `{var}`: {why}")]
+    BadMakeVar { var: String, why: String },
+
     #[error("`{path}` is not a kernel source tree ({why})")]
     NotKernelSource { path: Utf8PathBuf, why: String },
 
@@ -137,6 +140,7 @@ impl Error {
             Error::DestExists(_) | Error::DestNotOurs(_) => DEST_EXISTS,
             Error::DestNotWritable { .. } => DEST_NOT_WRITABLE,
             Error::MissingTool { .. } => MISSING_TOOL,
+            Error::BadMakeVar { .. } => USAGE,
             Error::SelfTest { .. } => SELF_TEST,
             Error::NotKbuildTree(_) => NOT_KBUILD_TREE,
             Error::Command { .. } => COMMAND,
@@ -168,6 +172,9 @@ impl Error {
                 "remove it yourself or choose another destination; --force only replaces kbuild trees".into()
             }
             Error::DestNotWritable { .. } => "choose a destination in a directory you can write to".into(),
+            Error::BadMakeVar { .. } => {
+                "give the variables exactly as on the kernel's make command line (`KCFLAGS=-O2`); O, M and the tree variables are extmod's to set".into()
+            }
             Error::MissingTool { tool, .. } => {
                 let package = match tool.as_str() {
                     "xz" => "xz-utils",

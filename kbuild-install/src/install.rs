@@ -30,6 +30,8 @@ pub struct Options {
     pub force: bool,
     /// Build a small module against the result and compare its vermagic.
     pub verify: bool,
+    /// `VAR=VALUE` make variables of the base build (KCFLAGS, ...).
+    pub make_vars: Vec<String>,
 }
 
 /// Progress of an installation, for a reporter to render.
@@ -69,6 +71,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     let cc = env.get("CC").cloned().unwrap_or_else(|| "gcc".into());
     require_tool(&cc, "the kernel's C compiler (CC)")?;
     require_tool("make", "GNU make")?;
+    check_make_vars(&obj, &opts.make_vars)?;
     let dest = absolute(&opts.dest)?;
     let (parent, name) = check_dest(&dest, &src, &obj, opts.force)?;
     on_event(Event::Checked {
@@ -108,6 +111,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
         config_sha256: sha256_file(&obj.path.join(".config"))?,
         vermagic,
         machine,
+        make_vars_extra: opts.make_vars.clone(),
         made_from: MadeFrom {
             srctree: src.path.clone(),
             objtree: obj.path.clone(),
@@ -454,6 +458,77 @@ fn copy_file(from: &Utf8Path, to: &Utf8Path, meta: &fs::Metadata) -> Result<()> 
             .map_err(|e| Error::io("set time of", to, e))?;
     }
     Ok(())
+}
+
+/// Make variables that would point the build elsewhere; never accepted as the base build's.
+const REDIRECTING: &[&str] = &[
+    "O",
+    "M",
+    "MO",
+    "KBUILD_OUTPUT",
+    "KBUILD_EXTMOD",
+    "KBUILD_EXTMOD_OUTPUT",
+    "srctree",
+    "objtree",
+    "src",
+    "obj",
+    "KCONFIG_CONFIG",
+];
+
+/// `VAR=VALUE` pairs the user says the base build had: well-formed, not redirecting the build,
+/// and, for the compiler flag variables, present in the base build's own compile command of a
+/// module object (its `.<obj>.o.cmd`): a flag the kernel was not built with would make modules
+/// that differ from it.
+fn check_make_vars(obj: &ObjTree, vars: &[String]) -> Result<()> {
+    let bad = |var: &str, why: String| Error::BadMakeVar {
+        var: var.to_string(),
+        why,
+    };
+    let base_cmd = base_compile_command(&obj.path);
+    for v in vars {
+        let Some((name, value)) = v.split_once('=') else {
+            return Err(bad(v, "not VAR=VALUE".into()));
+        };
+        let name_ok = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok || value.contains('\n') {
+            return Err(bad(v, "not a make variable assignment".into()));
+        }
+        if REDIRECTING.contains(&name) {
+            return Err(bad(
+                v,
+                format!("{name} selects the trees a build uses, not how it compiles"),
+            ));
+        }
+        if matches!(name, "KCFLAGS" | "KCPPFLAGS")
+            && let Some((object, cmd)) = &base_cmd
+        {
+            let words: Vec<&str> = cmd.split_whitespace().collect();
+            if let Some(missing) = value.split_whitespace().find(|w| !words.contains(w)) {
+                return Err(bad(
+                    v,
+                    format!("the base build compiled `{object}` without `{missing}`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The recorded compile command (`savedcmd_...`) of the first object of the first module the
+/// base build made, with that object's path.
+fn base_compile_command(obj: &Utf8Path) -> Option<(String, String)> {
+    let order = fs::read_to_string(obj.join("modules.order")).ok()?;
+    let first = order.lines().next()?.trim();
+    let (dir, file) = first.rsplit_once('/').unwrap_or(("", first));
+    let cmd_file = obj.join(dir).join(format!(".{file}.cmd"));
+    let text = fs::read_to_string(&cmd_file).ok()?;
+    let line = text.lines().find(|l| l.starts_with("savedcmd_"))?;
+    let cmd = line.split_once(":=")?.1.trim().to_string();
+    Some((first.to_string(), cmd))
 }
 
 /// The vermagic and target machine of the first module the base build made, if it made any.

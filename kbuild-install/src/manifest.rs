@@ -30,6 +30,10 @@ pub struct Manifest {
     /// The target machine of the base build's modules (`"Aarch64 64-bit"`), where one exists.
     #[serde(default)]
     pub machine: Option<String>,
+    /// Make variables of the base build given to kbuild-install (`KCFLAGS=...`), passed to
+    /// every module build after the derived ones.
+    #[serde(default)]
+    pub make_vars_extra: Vec<String>,
     pub made_from: MadeFrom,
     pub files: FileCounts,
 }
@@ -80,6 +84,12 @@ impl Manifest {
         } else if self.cc != format!("{}gcc", self.cross_compile) {
             v.push(format!("CC={}", self.cc));
         }
+        // Given explicitly, a variable replaces the derived one.
+        for extra in &self.make_vars_extra {
+            let name = extra.split_once('=').map_or(extra.as_str(), |(n, _)| n);
+            v.retain(|d| !d.starts_with(&format!("{name}=")));
+            v.push(extra.clone());
+        }
         v
     }
 }
@@ -108,6 +118,7 @@ mod tests {
             config_sha256: "00".into(),
             vermagic: None,
             machine: None,
+            make_vars_extra: Vec::new(),
             made_from: MadeFrom {
                 srctree: "/s".into(),
                 objtree: "/o".into(),
@@ -144,6 +155,9 @@ mod tests {
         assert_eq!(m.make_vars()[2], "LLVM=-16");
         m.cc = "/usr/lib/llvm-16/bin/clang".into();
         assert_eq!(m.make_vars()[2], "LLVM=/usr/lib/llvm-16/bin/");
+        m.make_vars_extra = vec!["KCFLAGS=-O2 -g".into(), "LLVM=-17".into()];
+        assert_eq!(m.make_vars()[2..], ["KCFLAGS=-O2 -g", "LLVM=-17"]);
+        m.make_vars_extra.clear();
         // A versioned cross gcc: CROSS_COMPILE from its prefix, CC as recorded.
         m.cc = "aarch64-linux-gnu-gcc-12".into();
         assert_eq!(
