@@ -52,11 +52,23 @@ fn pipeline(target: Target) {
         .code(0)
         .get_output()
         .clone();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(stderr.contains("Verified"), "{stderr}");
+    let printed = json_of(&o.stdout);
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(k.join("extmod-kbuild.json")).unwrap())
             .unwrap();
+    assert_eq!(printed, manifest);
+    let machine = match target {
+        Target::Arm64 => "Aarch64 64-bit",
+        Target::Armhf => "Arm 32-bit",
+        Target::X86_64 => "X86_64 64-bit",
+    };
+    assert_eq!(manifest["machine"], machine);
+    assert!(
+        manifest["vermagic"]
+            .as_str()
+            .unwrap()
+            .starts_with(&tk.release())
+    );
     assert_eq!(manifest["arch"], target.srcarch());
     assert_eq!(manifest["cross_compile"], target.cross_compile());
 
