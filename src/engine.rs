@@ -2,7 +2,7 @@
 //! split object directories sharing one jobserver, stages the results, and emits [`Event`]s.
 
 use crate::error::{Error, code};
-use crate::events::{Event, PackageResult, Refusal, Status};
+use crate::events::{Event, PackageResult, Phases, Refusal, Status};
 use crate::kbuild::{KbuildTree, Kind};
 use crate::modinst::{InstalledModule, Installer};
 use crate::overlay::{self, Layers};
@@ -15,6 +15,7 @@ use kbuild_install::{Error as KError, elf};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -878,8 +879,11 @@ fn build_package(
     // Providers chained into this package: its dependencies', then its own earlier units'.
     let deps_extra = extra;
     let mut extra = extra.to_vec();
+    let mut phases = Phases::default();
     let outcome = (|| -> Result<Vec<InstalledModule>, String> {
+        let setup_start = Instant::now();
         prepare_tree(ctx, job).map_err(|e| e.to_string())?;
+        phases.setup = setup_start.elapsed().as_secs_f64();
         let mut log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
         // Units run in the package's order; one whose modpost misses symbols that a unit still
@@ -895,12 +899,32 @@ fn build_package(
                 command: line.clone(),
             });
             let _ = writeln!(log, "$ {line}");
+            let make_start = Instant::now();
+            let (first_out, modpost_at, after_modpost) =
+                (Cell::new(None), Cell::new(None), Cell::new(None));
             let (status, text) = run_make(&args, &line, slots, &mut log, &|l| {
+                let now = Some(Instant::now());
+                if l.starts_with("MODPOST") {
+                    modpost_at.set(now);
+                } else if modpost_at.get().is_some() {
+                    if after_modpost.get().is_none() {
+                        after_modpost.set(now);
+                    }
+                } else if first_out.get().is_none() {
+                    first_out.set(now);
+                }
                 emit(Event::Output {
                     package: name.clone(),
                     line: l.to_string(),
                 })
             })?;
+            phases.add_make(
+                make_start,
+                first_out.get(),
+                modpost_at.get(),
+                after_modpost.get(),
+                Instant::now(),
+            );
             if interrupted() {
                 return Err("interrupted".into());
             }
@@ -935,6 +959,7 @@ fn build_package(
                 }
             }
         }
+        let stage_start = Instant::now();
         let installed = stage(ctx, job, deps_extra, started).map_err(|e| {
             let hint = e
                 .hint()
@@ -942,6 +967,7 @@ fn build_package(
                 .unwrap_or_default();
             format!("{e}{hint}")
         })?;
+        phases.stage = stage_start.elapsed().as_secs_f64();
         Ok(installed)
     })();
     r.seconds = start.elapsed().as_secs_f64();
@@ -950,6 +976,7 @@ fn build_package(
             r.status = Status::Built;
             r.staged = Some(ctx.staged(name));
             r.installed = installed;
+            r.phases = Some(phases);
             r.notes.extend(ctx.installer.notes.iter().cloned());
         }
         Err(e) => r.error = Some(e),

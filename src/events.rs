@@ -42,6 +42,25 @@ pub struct PackageResult {
     pub notes: Vec<String>,
     /// The staged files: final path, size, signer, compression.
     pub installed: Vec<crate::modinst::InstalledModule>,
+    /// Where the time went, in seconds (built packages).
+    pub phases: Option<Phases>,
+}
+
+/// A built package's time by phase, from the moments Kbuild printed its progress lines.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Phases {
+    /// Overlay, variant and modpost set-up before the first make.
+    pub setup: f64,
+    /// From make's start to its first compile: Makefile parsing and compiler probes.
+    pub make_startup: f64,
+    /// Compiling the module's objects (up to `MODPOST`).
+    pub compile: f64,
+    /// modpost (up to its first output being compiled).
+    pub modpost: f64,
+    /// `.mod.o`, `.module-common.o` and the final link of each `.ko`.
+    pub link: f64,
+    /// strip, sign, compress, depmod and the rename into OUT.
+    pub stage: f64,
 }
 
 impl PackageResult {
@@ -58,6 +77,7 @@ impl PackageResult {
             error: None,
             notes: Vec::new(),
             installed: Vec::new(),
+            phases: None,
         }
     }
 }
@@ -74,4 +94,50 @@ pub enum Event {
     Output { package: String, line: String },
     /// A package reached its final state.
     Finished(Box<PackageResult>),
+}
+
+impl Phases {
+    /// Add one make run: started at `start`, first progress line `first`, `MODPOST` at
+    /// `modpost`, first line after it `after`, finished at `end`.
+    pub fn add_make(
+        &mut self,
+        start: std::time::Instant,
+        first: Option<std::time::Instant>,
+        modpost: Option<std::time::Instant>,
+        after: Option<std::time::Instant>,
+        end: std::time::Instant,
+    ) {
+        let secs = |a: std::time::Instant, b: std::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64()
+        };
+        let compile_start = first.or(modpost).unwrap_or(end);
+        self.make_startup += secs(start, compile_start);
+        let modpost = modpost.unwrap_or(end);
+        self.compile += secs(compile_start, modpost);
+        let link_start = after.unwrap_or(end);
+        self.modpost += secs(modpost, link_start);
+        self.link += secs(link_start, end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn phases_split_a_make_run_at_its_progress_lines() {
+        let t = Instant::now();
+        let s = |n: u64| t + Duration::from_millis(n);
+        let mut p = Phases::default();
+        p.add_make(t, Some(s(700)), Some(s(1000)), Some(s(1100)), s(1500));
+        assert!((p.make_startup - 0.7).abs() < 1e-9);
+        assert!((p.compile - 0.3).abs() < 1e-9);
+        assert!((p.modpost - 0.1).abs() < 1e-9);
+        assert!((p.link - 0.4).abs() < 1e-9);
+        // Nothing printed (all up to date): all of it is start-up.
+        let mut q = Phases::default();
+        q.add_make(t, None, None, None, s(200));
+        assert!((q.make_startup - 0.2).abs() < 1e-9 && q.compile == 0.0);
+    }
 }
