@@ -496,30 +496,21 @@ fn default_cert(k: &KbuildTree) -> Option<Utf8PathBuf> {
     })
 }
 
-/// `openssl x509 -pubkey` of a DER or PEM certificate.
-fn cert_public_key(openssl: &Utf8Path, cert: &Utf8Path) -> Result<String, Error> {
+/// `openssl x509 -noout <query>` of a DER or PEM certificate (`Err` with openssl's words when
+/// it is not one).
+fn openssl_x509(openssl: &Utf8Path, cert: &Utf8Path, query: &[&str]) -> Result<String, Error> {
     let bytes = std::fs::read(cert)
         .map_err(|e| signing("read the signing certificate", cert.as_str(), e.to_string()))?;
-    let form = if bytes.starts_with(b"-----") || bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+    let form = if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
         "PEM"
     } else {
         "DER"
     };
+    let mut args = vec!["x509", "-noout", "-inform", form, "-in", cert.as_str()];
+    args.extend_from_slice(query);
     let fin = process::run(
-        duct::cmd(
-            openssl.as_std_path(),
-            [
-                "x509",
-                "-noout",
-                "-pubkey",
-                "-inform",
-                form,
-                "-in",
-                cert.as_str(),
-            ],
-        )
-        .stdin_null(),
-        "openssl x509 -pubkey",
+        duct::cmd(openssl.as_std_path(), &args).stdin_null(),
+        &format!("openssl x509 {}", query.join(" ")),
         true,
     )?;
     if !fin.status.success() {
@@ -532,38 +523,22 @@ fn cert_public_key(openssl: &Utf8Path, cert: &Utf8Path) -> Result<String, Error>
     Ok(fin.stdout)
 }
 
+/// The certificate's public key (PEM).
+fn cert_public_key(openssl: &Utf8Path, cert: &Utf8Path) -> Result<String, Error> {
+    openssl_x509(openssl, cert, &["-pubkey"])
+}
+
 /// The certificate subject's CN, as `modinfo` shows the signer.
 fn cert_subject_cn(openssl: &Utf8Path, cert: &Utf8Path) -> Option<String> {
-    let bytes = std::fs::read(cert).ok()?;
-    let form = if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
-        "PEM"
-    } else {
-        "DER"
-    };
-    let fin = process::run(
-        duct::cmd(
-            openssl.as_std_path(),
-            [
-                "x509",
-                "-noout",
-                "-subject",
-                "-nameopt",
-                "sep_multiline,utf8,-esc_msb",
-                "-inform",
-                form,
-                "-in",
-                cert.as_str(),
-            ],
-        )
-        .stdin_null(),
-        "openssl x509 -subject",
-        true,
+    openssl_x509(
+        openssl,
+        cert,
+        &["-subject", "-nameopt", "sep_multiline,utf8,-esc_msb"],
     )
-    .ok()?;
-    fin.stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("CN="))
-        .map(str::to_string)
+    .ok()?
+    .lines()
+    .find_map(|l| l.trim().strip_prefix("CN="))
+    .map(str::to_string)
 }
 
 #[cfg(test)]

@@ -18,6 +18,22 @@ fn extmod() -> Command {
     Command::cargo_bin("extmod").unwrap()
 }
 
+/// `extmod build -K k -S s -D <t>/objs<n> -O <t>/out<n> CONFIG_DUMMY`.
+fn build_dummy(k: &Path, s: &Path, t: &Path, n: u32) -> Command {
+    let mut c = extmod();
+    c.arg("build")
+        .arg("-K")
+        .arg(k)
+        .arg("-S")
+        .arg(s)
+        .arg("-D")
+        .arg(t.join(format!("objs{n}")))
+        .arg("-O")
+        .arg(t.join(format!("out{n}")))
+        .arg("CONFIG_DUMMY");
+    c
+}
+
 fn json_of(out: &[u8]) -> Value {
     serde_json::from_slice(out)
         .unwrap_or_else(|e| panic!("bad JSON ({e}):\n{}", String::from_utf8_lossy(out)))
@@ -197,18 +213,8 @@ fn pipeline(target: Target) {
     let bin = t.join("bin");
     std::fs::create_dir(&bin).unwrap();
     std::os::unix::fs::symlink(which::which("make").unwrap(), bin.join("make")).unwrap();
-    let o = extmod()
+    let o = build_dummy(&k, &tk.src, t, 2)
         .env("PATH", &bin)
-        .arg("build")
-        .arg("-K")
-        .arg(&k)
-        .arg("-S")
-        .arg(&tk.src)
-        .arg("-D")
-        .arg(t.join("objs2"))
-        .arg("-O")
-        .arg(t.join("out2"))
-        .arg("CONFIG_DUMMY")
         .assert()
         .code(17)
         .get_output()
@@ -228,18 +234,8 @@ fn pipeline(target: Target) {
         _ => "arm-linux-gnueabihf-",
     };
     for cross in ["", other] {
-        let o = extmod()
+        let o = build_dummy(&tk.obj, &tk.src, t, 3)
             .env("CROSS_COMPILE", cross)
-            .arg("build")
-            .arg("-K")
-            .arg(&tk.obj)
-            .arg("-S")
-            .arg(&tk.src)
-            .arg("-D")
-            .arg(t.join("objs3"))
-            .arg("-O")
-            .arg(t.join("out3"))
-            .arg("CONFIG_DUMMY")
             .assert()
             .code(41)
             .get_output()
