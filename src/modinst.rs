@@ -67,14 +67,31 @@ impl Compression {
         }
     }
 
-    /// The command `scripts/Makefile.modinst` runs on `<file>` (it replaces the file by
-    /// `<file><suffix>`): `cmd_gzip`, `cmd_xz`, `cmd_zstd`.
+    /// The command `scripts/Makefile.modinst` of 6.12 runs on `<file>` (it replaces the file
+    /// by `<file><suffix>`): `cmd_gzip`, `cmd_xz`, `cmd_zstd`.
     pub fn command(self) -> (&'static str, &'static [&'static str]) {
         match self {
             Compression::Gzip => ("gzip", &["-n", "-f"]),
             Compression::Xz => ("xz", &["--check=crc32", "--lzma2=dict=1MiB", "-f"]),
             Compression::Zstd => ("zstd", &["--rm", "-f", "-q"]),
         }
+    }
+
+    /// The flags of `cmd_<alg>` as the Kbuild tree's own `scripts/Makefile.modinst` writes them
+    /// (`cmd_zstd = $(ZSTD) -T0 --rm -f -q $<` on 6.1); `None` when it does not say.
+    pub fn flags_in(self, modinst: &str) -> Option<Vec<String>> {
+        let (name, var) = match self {
+            Compression::Gzip => ("gzip", "KGZIP"),
+            Compression::Xz => ("xz", "XZ"),
+            Compression::Zstd => ("zstd", "ZSTD"),
+        };
+        modinst.lines().find_map(|l| {
+            let rhs = l.trim().strip_prefix(&format!("cmd_{name}"))?.trim_start();
+            let rhs = rhs.strip_prefix('=')?.trim();
+            let rest = rhs.strip_prefix(&format!("$({var})"))?;
+            let flags = rest.trim().strip_suffix("$<")?;
+            Some(flags.split_whitespace().map(str::to_string).collect())
+        })
     }
 }
 
@@ -108,6 +125,8 @@ pub struct Installer {
     strip: Option<(String, Vec<String>)>,
     sign: Option<Signer>,
     compress: Option<Compression>,
+    /// The compressor's flags, as the tree's `scripts/Makefile.modinst` gives them.
+    compress_flags: Vec<String>,
     depmod: Option<Utf8PathBuf>,
     system_map: Option<Utf8PathBuf>,
     /// Said once per package result (e.g. why modules are not signed).
@@ -151,6 +170,7 @@ impl Installer {
             strip: None,
             sign: None,
             compress: None,
+            compress_flags: Vec::new(),
             depmod: None,
             system_map: None,
             notes: Vec::new(),
@@ -179,6 +199,12 @@ impl Installer {
                 c.command().0,
                 "the module compressor (CONFIG_MODULE_COMPRESS_*)",
             )?;
+            let modinst = in_layers(k, "scripts/Makefile.modinst")
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            me.compress_flags = c
+                .flags_in(&modinst)
+                .unwrap_or_else(|| c.command().1.iter().map(|f| f.to_string()).collect());
         }
         me.depmod = which::which("depmod")
             .ok()
@@ -193,7 +219,7 @@ impl Installer {
         }
         me.system_map = in_layers(k, "System.map");
         let mut h = Sha256::new();
-        h.update(format!("{:?}|{:?}", me.strip, me.compress).as_bytes());
+        h.update(format!("{:?}|{:?}|{:?}", me.strip, me.compress, me.compress_flags).as_bytes());
         if let Some(s) = &me.sign {
             h.update(format!("{}|{}|{}", s.hash, s.key, s.cert).as_bytes());
             for f in [s.key.as_str(), s.cert.as_str()] {
@@ -353,8 +379,8 @@ impl Installer {
         }
         let mut path = to.clone();
         if let Some(c) = self.compress {
-            let (prog, flags) = c.command();
-            let mut a: Vec<String> = flags.iter().map(|s| s.to_string()).collect();
+            let prog = c.command().0;
+            let mut a = self.compress_flags.clone();
             a.push(to.to_string());
             process::run(
                 duct::cmd(prog, &a).stdin_null(),
@@ -553,6 +579,28 @@ mod tests {
         );
         assert_eq!(Compression::Gzip.command(), ("gzip", &["-n", "-f"][..]));
         assert_eq!(Compression::Zstd.suffix(), ".zst");
+    }
+
+    #[test]
+    fn compressor_flags_come_from_the_trees_modinst() {
+        let v612 = "quiet_cmd_xz = XZ      $@\n      cmd_xz = $(XZ) --check=crc32 --lzma2=dict=1MiB -f $<\n\
+                    quiet_cmd_zstd = ZSTD    $@\n      cmd_zstd = $(ZSTD) --rm -f -q $<\n";
+        let v61 =
+            "      cmd_zstd = $(ZSTD) -T0 --rm -f -q $<\n      cmd_gzip = $(KGZIP) -n -f $<\n";
+        assert_eq!(
+            Compression::Xz.flags_in(v612).unwrap(),
+            ["--check=crc32", "--lzma2=dict=1MiB", "-f"]
+        );
+        assert_eq!(
+            Compression::Zstd.flags_in(v612).unwrap(),
+            ["--rm", "-f", "-q"]
+        );
+        assert_eq!(
+            Compression::Zstd.flags_in(v61).unwrap(),
+            ["-T0", "--rm", "-f", "-q"]
+        );
+        assert_eq!(Compression::Gzip.flags_in(v61).unwrap(), ["-n", "-f"]);
+        assert_eq!(Compression::Xz.flags_in(v61), None);
     }
 
     #[test]
