@@ -188,6 +188,9 @@ pub fn run(
         })?;
     }
     k.check_compiler_target(&cc)?;
+    if let Some(w) = k.untested_version() {
+        emit(Event::Warning(w));
+    }
     let install_root = match &opts.install_mod_path {
         Some(p) => Some(output_dir(p, &src, &k)?),
         None => None,

@@ -94,6 +94,8 @@ pub enum Event {
     Output { package: String, line: String },
     /// A package reached its final state.
     Finished(Box<PackageResult>),
+    /// Something the user should know that stops nothing (an untested kernel version, ...).
+    Warning(String),
 }
 
 impl Phases {

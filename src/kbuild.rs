@@ -180,11 +180,32 @@ impl KbuildTree {
         Ok(())
     }
 
+    /// A warning when the kernel is outside the versions extmod is tested with.
+    pub fn untested_version(&self) -> Option<String> {
+        let version = major_minor(&self.kernelrelease)?;
+        let (low, high) = (major_minor(TESTED.0)?, major_minor(TESTED.1)?);
+        (version < low || version > high).then(|| {
+            format!(
+                "kernel {} is outside the versions extmod is tested with ({} to {}); check its modules before shipping them",
+                self.kernelrelease, TESTED.0, TESTED.1
+            )
+        })
+    }
+
     /// Whether the base build made `<rel>.ko` (`None`: the tree does not say).
     pub fn built_module(&self, ko: &str) -> Option<bool> {
         let o = format!("{}.o", ko.strip_suffix(".ko").unwrap_or(ko));
         self.modules_order.as_ref().map(|order| order.contains(&o))
     }
+}
+
+/// The oldest and newest kernel series the test suite builds and loads modules for.
+pub const TESTED: (&str, &str) = ("6.1", "6.12");
+
+/// `(major, minor)` of a release (`6.12.118+deb12-amd64` → `(6, 12)`).
+fn major_minor(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }
 
 /// Kbuild's ARCH (= SRCARCH) for a configuration, from the architecture symbol every arch's
@@ -263,6 +284,16 @@ mod tests {
         );
         assert_eq!(arch_of_config("CONFIG_ARM=y\n"), "arm");
         assert_eq!(arch_of_config("CONFIG_MIPS=y\n"), "mips");
+    }
+
+    #[test]
+    fn release_versions() {
+        assert_eq!(major_minor("6.12.118+deb12-amd64"), Some((6, 12)));
+        assert_eq!(major_minor("7.3.0-rc1"), Some((7, 3)));
+        assert_eq!(major_minor("6.1"), Some((6, 1)));
+        assert_eq!(major_minor("x"), None);
+        assert!((6, 1) <= major_minor("6.1.192").unwrap());
+        assert!(major_minor("6.13.1").unwrap() > (6, 12));
     }
 
     #[test]

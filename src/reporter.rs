@@ -137,6 +137,15 @@ impl Reporter {
                 }
             }
             Event::Jobs { what } => self.line(&format!("{:>12} make jobs share {what}", "Jobs")),
+            // On stderr in every mode: stdout may be the JSON document.
+            Event::Warning(w) => match self.mode {
+                Mode::Bars => {
+                    let _ = self.multi.println(format!("warning: {w}"));
+                }
+                _ => {
+                    let _ = std::io::stderr().write_all(format!("warning: {w}\n").as_bytes());
+                }
+            },
             Event::Started { package, command } => {
                 if self.mode == Mode::Bars {
                     let mut bars = self.bars.lock().unwrap();

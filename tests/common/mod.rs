@@ -100,20 +100,35 @@ pub fn test_kernel() -> &'static TestKernel {
     TK.get_or_init(|| locate(Target::X86_64))
 }
 
-/// The test kernel of a cross target (building once if needed, ~7 minutes).
+/// The 6.12 test kernel of a cross target (building once if needed, ~7 minutes).
 pub fn cross_kernel(target: Target) -> &'static TestKernel {
-    static ARM64: OnceLock<TestKernel> = OnceLock::new();
-    static ARMHF: OnceLock<TestKernel> = OnceLock::new();
-    match target {
-        Target::X86_64 => test_kernel(),
-        Target::Arm64 => ARM64.get_or_init(|| locate(target)),
-        Target::Armhf => ARMHF.get_or_init(|| locate(target)),
+    kernel(target, "6.12")
+}
+
+/// The test kernel of a target and kernel series (`6.12`, `6.1`), built once if needed.
+pub fn kernel(target: Target, series: &str) -> &'static TestKernel {
+    static KERNELS: std::sync::Mutex<Vec<(Target, String, &'static TestKernel)>> =
+        std::sync::Mutex::new(Vec::new());
+    if target == Target::X86_64 && series == "6.12" {
+        return test_kernel();
     }
+    let mut k = KERNELS.lock().unwrap();
+    if let Some((_, _, tk)) = k.iter().find(|(t, s, _)| *t == target && s == series) {
+        return tk;
+    }
+    let tk: &'static TestKernel = Box::leak(Box::new(locate_series(target, series)));
+    k.push((target, series.to_string(), tk));
+    tk
 }
 
 fn locate(target: Target) -> TestKernel {
+    locate_series(target, "6.12")
+}
+
+fn locate_series(target: Target, series: &str) -> TestKernel {
     let out = Command::new(repo().join("scripts/test-kernel"))
         .arg(target.name())
+        .arg(series)
         .output()
         .expect("run scripts/test-kernel");
     assert!(
