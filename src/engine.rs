@@ -320,10 +320,40 @@ fn plan(
     // Tristate symbols whose modules the package builds (checked against the base build when
     // the base already builds them).
     let mut module_syms = Vec::new();
+    // OpenWrt's Kconfig merge ignores symbols this kernel does not have (`ignore_unknown`).
+    let unknown: Vec<String> = pkg
+        .kconfig
+        .iter()
+        .filter(|r| {
+            pkg.ignore_unknown
+                && r.value.as_deref() != Some("n")
+                && index.sym_type(&r.symbol).is_none()
+                && ctx.k.value(&r.symbol).is_none()
+        })
+        .map(|r| r.to_string())
+        .collect();
+    if !unknown.is_empty() && unknown.len() == pkg.kconfig.len() && pkg.files.is_empty() {
+        return refused(refusal(
+            code::UNKNOWN_SYMBOL,
+            format!(
+                "none of its kconfig symbols is a Kconfig symbol of this kernel ({}): {}",
+                ctx.src.kernelversion,
+                unknown.join(", ")
+            ),
+            "OpenWrt generates such a package empty; check the symbols against the kernel version",
+        ));
+    }
     for req in &pkg.kconfig {
         let sym = &req.symbol;
         let base = ctx.k.value(sym);
         let ty = index.sym_type(sym);
+        if unknown.contains(&req.to_string()) {
+            notes.push(format!(
+                "{req} ignored: not a Kconfig symbol of this kernel ({})",
+                ctx.src.kernelversion
+            ));
+            continue;
+        }
         if ty.is_none() && base.is_none() && req.value.as_deref() == Some("n") {
             // Kconfig ignores settings of symbols this kernel does not have (OpenWrt packages
             // carry such `=n` entries across kernel versions).
@@ -477,9 +507,15 @@ fn plan(
         }
         for s in &v.new_modules {
             if !module_syms.contains(s) {
-                notes.push(format!(
-                    "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
-                ));
+                notes.push(if pkg.files.is_empty() {
+                    format!(
+                        "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
+                    )
+                } else {
+                    format!(
+                        "CONFIG_{s}=m is enabled by the variant (selected); only the package's files are built"
+                    )
+                });
                 module_syms.push(s.clone());
             }
         }
@@ -544,10 +580,13 @@ fn plan(
         let goal = Utf8Path::new(m).file_name().unwrap_or(m).to_string();
         by_dir.entry(dir).or_default().push(goal);
     }
-    let units: Vec<Unit> = by_dir
+    let mut units: Vec<Unit> = by_dir
         .into_iter()
         .map(|(dir, goals)| Unit { dir, goals })
         .collect();
+    // Library directories provide symbols to the others (crypto/des_generic.ko needs
+    // lib/crypto/libdes.ko): build them first, as the kernel's own link order does.
+    units.sort_by_key(|u| !(u.dir == "lib" || u.dir.starts_with("lib/") || u.dir.contains("/lib")));
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
     for m in &modules {
         for o in index.objects(m) {
