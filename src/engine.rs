@@ -332,7 +332,17 @@ fn plan(
         })
         .map(|r| r.to_string())
         .collect();
-    if !unknown.is_empty() && unknown.len() == pkg.kconfig.len() && pkg.files.is_empty() {
+    // Every symbol that would enable the package's modules is unknown (OpenWrt: an empty
+    // package), or nothing is left to build at all.
+    let plain: Vec<String> = pkg
+        .kconfig
+        .iter()
+        .filter(|r| r.value.is_none())
+        .map(|r| r.to_string())
+        .collect();
+    let all_plain_unknown = !plain.is_empty() && plain.iter().all(|p| unknown.contains(p));
+    let nothing_left = unknown.len() == pkg.kconfig.len() && pkg.files.is_empty();
+    if !unknown.is_empty() && (all_plain_unknown || nothing_left) {
         return refused(refusal(
             code::UNKNOWN_SYMBOL,
             format!(
