@@ -865,6 +865,7 @@ fn outcomes(work: &Path, packages: &[String]) -> BTreeMap<String, (String, Strin
 /// Package/kmod-<name>/install (real include/kernel.mk) run on the modules extmod built, and the
 /// install trees compared. Long on 2 cores: `cargo test --test openwrt -- --ignored
 /// openwrt_real_packages --nocapture`; `EXTMOD_OPENWRT_MK="lib.mk nls.mk"` limits the .mk files,
+/// `EXTMOD_OPENWRT_SELECT="kmod-a kmod-b"` the packages wanted (what they pull in comes too),
 /// `EXTMOD_OPENWRT_WORK=<dir>` keeps (and reuses) the builds.
 #[test]
 #[ignore = "builds every OpenWrt x86/64 kernel package against Debian's 6.12 headers (long)"]
@@ -882,9 +883,12 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
         }
     };
     let (work, out) = (base.join("work"), base.join("out"));
-    let mk: Vec<String> = std::env::var("EXTMOD_OPENWRT_MK")
+    let mut mk: Vec<String> = std::env::var("EXTMOD_OPENWRT_MK")
         .map(|m| vec![format!("MK={m}")])
         .unwrap_or_default();
+    if let Ok(select) = std::env::var("EXTMOD_OPENWRT_SELECT") {
+        mk.push(format!("EXTMOD_SELECT={select}"));
+    }
     let mut args = real_args(&tree, &deb, "extmod", &work, &out);
     args.extend(mk.clone());
     let mut a = args.clone();
@@ -982,6 +986,7 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
     assert_eq!(openwrt.code, 0, "{}", openwrt.stderr);
 
     let mut differ = Vec::new();
+    let mut modules_compared = 0;
     for p in &compared {
         let (ours, theirs) = (out.join(p), ref_out.join(p));
         let (lo, lt) = (listing(&ours), listing(&theirs));
@@ -995,6 +1000,7 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
         {
             let (a, b) = (ours.join(f), theirs.join(f));
             let same = if f.ends_with(".ko") {
+                modules_compared += 1;
                 modinfo(&a, "name") == modinfo(&b, "name")
                     && modinfo(&a, "vermagic") == modinfo(&b, "vermagic")
             } else {
@@ -1006,10 +1012,15 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
         }
     }
     eprintln!(
-        "{} install trees compared with OpenWrt's KernelPackage, {} differ; total {:.0}s",
+        "{} install trees ({modules_compared} modules) compared with OpenWrt's KernelPackage, {} differ; total {:.0}s",
         compared.len(),
         differ.len(),
         started.elapsed().as_secs_f64()
     );
     assert!(differ.is_empty(), "{differ:#?}");
+    assert_eq!(
+        modules_compared > 0,
+        counts.contains_key("built"),
+        "built packages, but no module compared"
+    );
 }
