@@ -594,9 +594,10 @@ fn plan(
         .into_iter()
         .map(|(dir, goals)| Unit { dir, goals })
         .collect();
-    // Library directories provide symbols to the others (crypto/des_generic.ko needs
-    // lib/crypto/libdes.ko): build them first, as the kernel's own link order does.
-    units.sort_by_key(|u| !(u.dir == "lib" || u.dir.starts_with("lib/") || u.dir.contains("/lib")));
+    // Providers first: each unit's modpost must see the exports of the package's other units
+    // it uses (crypto/des_generic.ko needs lib/crypto/libdes.ko, drivers/block/zram/zram.ko
+    // needs mm/zsmalloc.ko). Libraries, then core directories, then the rest (stable sort).
+    units.sort_by_key(|u| unit_rank(&u.dir));
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
     for m in &modules {
         for o in index.objects(m) {
@@ -615,6 +616,22 @@ fn plan(
         variant,
         write_dirs,
     }))
+}
+
+/// Build order of a package's directories: libraries (0), core code other modules build on
+/// (1), everything else (2).
+fn unit_rank(dir: &str) -> u8 {
+    let top = dir.split('/').next().unwrap_or(dir);
+    if top == "lib" || dir.contains("/lib/") || dir.ends_with("/lib") {
+        0
+    } else if ["mm", "kernel", "crypto", "block", "security"].contains(&top)
+        || dir.starts_with("net/core")
+        || dir.starts_with("drivers/base")
+    {
+        1
+    } else {
+        2
+    }
 }
 
 /// `a/b/../c` → `a/c`; `None` when it climbs above the top.
@@ -1504,6 +1521,16 @@ fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn providers_directories_are_built_first() {
+        let mut dirs = vec!["drivers/block/zram", "mm", "crypto", "lib/crypto", "fs/nls"];
+        dirs.sort_by_key(|d| unit_rank(d));
+        assert_eq!(
+            dirs,
+            ["lib/crypto", "mm", "crypto", "drivers/block/zram", "fs/nls"]
+        );
+    }
 
     #[test]
     fn progress_lines_are_kbuilds_short_output() {
