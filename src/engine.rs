@@ -596,7 +596,8 @@ fn plan(
         .collect();
     // Providers first: each unit's modpost must see the exports of the package's other units
     // it uses (crypto/des_generic.ko needs lib/crypto/libdes.ko, drivers/block/zram/zram.ko
-    // needs mm/zsmalloc.ko). Libraries, then core directories, then the rest (stable sort).
+    // needs mm/zsmalloc.ko). A first guess, which saves make runs: libraries, then core
+    // directories, then the rest (stable sort); a unit modpost sends back is retried later.
     units.sort_by_key(|u| unit_rank(&u.dir));
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
     for m in &modules {
