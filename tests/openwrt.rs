@@ -704,7 +704,12 @@ fn real_args(tree: &Path, deb: &DebianTarget, mode: &str, work: &Path, out: &Pat
         format!("MODE={mode}"),
         format!("OPENWRT={}", tree.display()),
         format!("KBUILD={}", deb.headers.display()),
-        format!("SRCTREE={}", test_kernel().src.display()),
+        format!(
+            "SRCTREE={}",
+            std::env::var_os("EXTMOD_OPENWRT_SRCTREE")
+                .map_or_else(|| test_kernel().src.clone(), PathBuf::from)
+                .display()
+        ),
         format!("WORK={}", work.display()),
         format!("OUT={}", out.display()),
         format!(
@@ -866,7 +871,8 @@ fn outcomes(work: &Path, packages: &[String]) -> BTreeMap<String, (String, Strin
 /// install trees compared. Long on 2 cores: `cargo test --test openwrt -- --ignored
 /// openwrt_real_packages --nocapture`; `EXTMOD_OPENWRT_MK="lib.mk nls.mk"` limits the .mk files,
 /// `EXTMOD_OPENWRT_SELECT="kmod-a kmod-b"` the packages wanted (what they pull in comes too),
-/// `EXTMOD_OPENWRT_WORK=<dir>` keeps (and reuses) the builds.
+/// `EXTMOD_OPENWRT_WORK=<dir>` keeps (and reuses) the builds, `EXTMOD_OPENWRT_SRCTREE` names
+/// Debian's 6.12 source [the test kernel's].
 #[test]
 #[ignore = "builds every OpenWrt x86/64 kernel package against Debian's 6.12 headers (long)"]
 fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
