@@ -452,6 +452,13 @@ define KernelPackage/fixture-missing
 endef
 $(eval $(call ExtmodKernelPackage,fixture-missing))
 
+define KernelPackage/fixture-after-missing
+  KCONFIG:=CONFIG_DUMMY
+  FILES:=$(LINUX_DIR)/drivers/net/dummy.ko
+  DEPENDS:=+kmod-fixture-missing
+endef
+$(eval $(call ExtmodKernelPackage,fixture-after-missing))
+
 define KernelPackage/fixture-builtin
   KCONFIG:=CONFIG_CRC32 CONFIG_ZLIB_INFLATE
   FILES:=$(LINUX_DIR)/lib/crc32.ko $(LINUX_DIR)/lib/zlib_inflate/zlib_inflate.ko {extra}
@@ -536,21 +543,23 @@ all: $(EXTMOD_TARGETS)
         "{}",
         run.stderr
     );
-    // Every ERROR says which package and why.
+    // Every ERROR says which package and why; a package whose dependency was refused names it
+    // and its reason.
     for l in lines_with(&run.stderr, "ERROR:") {
         assert!(
             l.starts_with("ERROR: module '")
                 || (l.starts_with("ERROR: kmod-fixture-missing: extmod refused it (exit 21): ")
-                    && l.contains("no-such-driver.o")),
+                    && l.contains("no-such-driver.o"))
+                || (l.starts_with("ERROR: kmod-fixture-after-missing: not built: dependency `kmod-fixture-missing` was not built (kmod-fixture-missing: no Makefile in drivers/net/ builds no-such-driver.o")),
             "{l}"
         );
     }
     let failed = make_failures(&run.stderr);
-    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert_eq!(failed.len(), 2, "{}", run.stderr);
     assert!(
-        failed[0].contains("extmod-build/kmod-fixture-missing]"),
-        "{}",
-        failed[0]
+        failed[0].contains("extmod-build/kmod-fixture-")
+            && failed[1].contains("extmod-build/kmod-fixture-"),
+        "{failed:?}"
     );
     assert_eq!(
         lines_with(&run.stdout, "NOTICE:"),
