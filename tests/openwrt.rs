@@ -708,8 +708,14 @@ fn debian_target() -> Option<DebianTarget> {
 /// The arguments of tests/openwrt-real/Makefile for Debian's 6.12 as an x86/64 target.
 fn real_args(tree: &Path, deb: &DebianTarget, mode: &str, work: &Path, out: &Path) -> Vec<String> {
     vec![
+        // OpenWrt's package directory: custom install sections copy ./files/...
         "-C".into(),
-        repo().join("tests/openwrt-real").display().to_string(),
+        tree.join("package/kernel/linux").display().to_string(),
+        "-f".into(),
+        repo()
+            .join("tests/openwrt-real/Makefile")
+            .display()
+            .to_string(),
         format!("MODE={mode}"),
         format!("OPENWRT={}", tree.display()),
         format!("KBUILD={}", deb.headers.display()),
