@@ -323,10 +323,50 @@ fn plan(
     // Tristate symbols whose modules the package builds (checked against the base build when
     // the base already builds them).
     let mut module_syms = Vec::new();
+    // OpenWrt's Kconfig merge ignores symbols this kernel does not have (`ignore_unknown`).
+    let unknown: Vec<String> = pkg
+        .kconfig
+        .iter()
+        .filter(|r| {
+            pkg.ignore_unknown
+                && r.value.as_deref() != Some("n")
+                && index.sym_type(&r.symbol).is_none()
+                && ctx.k.value(&r.symbol).is_none()
+        })
+        .map(|r| r.to_string())
+        .collect();
+    // Every symbol that would enable the package's modules is unknown (OpenWrt: an empty
+    // package), or nothing is left to build at all.
+    let plain: Vec<String> = pkg
+        .kconfig
+        .iter()
+        .filter(|r| r.value.is_none())
+        .map(|r| r.to_string())
+        .collect();
+    let all_plain_unknown = !plain.is_empty() && plain.iter().all(|p| unknown.contains(p));
+    let nothing_left = unknown.len() == pkg.kconfig.len() && pkg.files.is_empty();
+    if !unknown.is_empty() && (all_plain_unknown || nothing_left) {
+        return refused(refusal(
+            code::UNKNOWN_SYMBOL,
+            format!(
+                "none of its kconfig symbols is a Kconfig symbol of this kernel ({}): {}",
+                ctx.src.kernelversion,
+                unknown.join(", ")
+            ),
+            "OpenWrt generates such a package empty; check the symbols against the kernel version",
+        ));
+    }
     for req in &pkg.kconfig {
         let sym = &req.symbol;
         let base = ctx.k.value(sym);
         let ty = index.sym_type(sym);
+        if unknown.contains(&req.to_string()) {
+            notes.push(format!(
+                "{req} ignored: not a Kconfig symbol of this kernel ({})",
+                ctx.src.kernelversion
+            ));
+            continue;
+        }
         if ty.is_none() && base.is_none() && req.value.as_deref() == Some("n") {
             // Kconfig ignores settings of symbols this kernel does not have (OpenWrt packages
             // carry such `=n` entries across kernel versions).
@@ -480,9 +520,15 @@ fn plan(
         }
         for s in &v.new_modules {
             if !module_syms.contains(s) {
-                notes.push(format!(
-                    "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
-                ));
+                notes.push(if pkg.files.is_empty() {
+                    format!(
+                        "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
+                    )
+                } else {
+                    format!(
+                        "CONFIG_{s}=m is enabled by the variant (selected); only the package's files are built"
+                    )
+                });
                 module_syms.push(s.clone());
             }
         }
@@ -547,10 +593,15 @@ fn plan(
         let goal = Utf8Path::new(m).file_name().unwrap_or(m).to_string();
         by_dir.entry(dir).or_default().push(goal);
     }
-    let units: Vec<Unit> = by_dir
+    let mut units: Vec<Unit> = by_dir
         .into_iter()
         .map(|(dir, goals)| Unit { dir, goals })
         .collect();
+    // Providers first: each unit's modpost must see the exports of the package's other units
+    // it uses (crypto/des_generic.ko needs lib/crypto/libdes.ko, drivers/block/zram/zram.ko
+    // needs mm/zsmalloc.ko). A first guess, which saves make runs: libraries, then core
+    // directories, then the rest (stable sort); a unit modpost sends back is retried later.
+    units.sort_by_key(|u| unit_rank(&u.dir));
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
     for m in &modules {
         for o in index.objects(m) {
@@ -569,6 +620,22 @@ fn plan(
         variant,
         write_dirs,
     }))
+}
+
+/// Build order of a package's directories: libraries (0), core code other modules build on
+/// (1), everything else (2).
+fn unit_rank(dir: &str) -> u8 {
+    let top = dir.split('/').next().unwrap_or(dir);
+    if top == "lib" || dir.contains("/lib/") || dir.ends_with("/lib") {
+        0
+    } else if ["mm", "kernel", "crypto", "block", "security"].contains(&top)
+        || dir.starts_with("net/core")
+        || dir.starts_with("drivers/base")
+    {
+        1
+    } else {
+        2
+    }
 }
 
 /// `a/b/../c` → `a/c`; `None` when it climbs above the top.
@@ -1458,6 +1525,16 @@ fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn providers_directories_are_built_first() {
+        let mut dirs = vec!["drivers/block/zram", "mm", "crypto", "lib/crypto", "fs/nls"];
+        dirs.sort_by_key(|d| unit_rank(d));
+        assert_eq!(
+            dirs,
+            ["lib/crypto", "mm", "crypto", "drivers/block/zram", "fs/nls"]
+        );
+    }
 
     #[test]
     fn progress_lines_are_kbuilds_short_output() {

@@ -48,6 +48,12 @@ pub const OBJTREE_NAMES: &[&str] = &[
 
 const KBUILD_DIRS: &[&str] = &["include", "scripts", "tools", "arch"];
 
+/// Always real directories: tracepoint headers are included through `TRACE_INCLUDE_PATH`
+/// relative to `include/trace/` (`#include "../../drivers/scsi/sd_trace.h"` from
+/// `define_trace.h`), and the kernel resolves `..` physically: behind a symlink into a Kbuild
+/// layer it would leave the overlay and miss the module's own header.
+const TRACE_DIRS: &[&str] = &["include", "include/trace"];
+
 fn is_build_output(name: &str) -> bool {
     name.starts_with('.')
         || name == "modules.order"
@@ -120,7 +126,8 @@ fn fill(
         let on_path = module_dirs
             .iter()
             .any(|d| *d == p || d.starts_with(&prefix))
-            || layers.overrides.keys().any(|o| o.starts_with(&prefix));
+            || layers.overrides.keys().any(|o| o.starts_with(&prefix))
+            || TRACE_DIRS.contains(&p.as_str());
         if on_path {
             std::fs::create_dir(&out).map_err(io("create", &out))?;
             fill(&out, &p, layers, module_dirs)?;
@@ -247,6 +254,7 @@ mod tests {
                 "include/generated/autoconf.h",
                 "include/generated/utsrelease.h",
                 "include/linux/module.h",
+                "include/trace/define_trace.h",
                 "drivers/net/Kconfig",
                 "scripts/mod/modpost",
             ],
@@ -321,5 +329,12 @@ mod tests {
         );
         assert_eq!(link("Makefile"), Some(k.join("Makefile").to_string()));
         assert_eq!(link("fs"), Some(s.join("fs").to_string()));
+        // `include/trace/../../drivers/net/x_trace.h` stays inside the overlay.
+        assert!(o.join("include/trace").is_dir() && !o.join("include/trace").is_symlink());
+        assert_eq!(
+            link("include/trace/define_trace.h"),
+            Some(k.join("include/trace/define_trace.h").to_string())
+        );
+        assert!(o.join("include/trace/../../drivers/net/dummy.c").exists());
     }
 }

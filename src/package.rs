@@ -56,6 +56,10 @@ pub struct Package {
     /// Expected modules, relative to the tree (`drivers/net/dummy.ko`); empty: derive them.
     pub files: Vec<String>,
     pub depends: Vec<String>,
+    /// OpenWrt's Kconfig merge: `kconfig` symbols this kernel does not have are left out with
+    /// a note instead of refusing the package (OpenWrt lists symbols of every arch and kernel
+    /// version in one definition).
+    pub ignore_unknown: bool,
 }
 
 #[derive(Deserialize)]
@@ -75,6 +79,8 @@ struct PackageRepr {
     files: Vec<String>,
     #[serde(default)]
     depends: Vec<String>,
+    #[serde(default)]
+    ignore_unknown: bool,
 }
 
 /// Packages from a TOML file:
@@ -85,7 +91,11 @@ struct PackageRepr {
 /// kconfig = ["CONFIG_ZRAM"]
 /// files = ["drivers/block/zram/zram.ko"]   # optional
 /// depends = ["kmod-lib-lzo"]               # optional
+/// ignore_unknown = true                    # optional: leave out symbols this kernel lacks
 /// ```
+///
+/// A package may have no `kconfig` when it lists its `files` (OpenWrt's packages of modules that
+/// other options already enable, such as kmod-pppox).
 pub fn load(path: &Utf8Path) -> Result<Vec<Package>, Error> {
     let bad = |why: String| Error::PackageFile {
         path: path.to_owned(),
@@ -111,8 +121,11 @@ pub fn parse(text: &str) -> Result<Vec<Package>, String> {
                 p.name
             ));
         }
-        if p.kconfig.is_empty() {
-            return Err(format!("package `{}` has no kconfig symbols", p.name));
+        if p.kconfig.is_empty() && p.files.is_empty() {
+            return Err(format!(
+                "package `{}` has neither kconfig symbols nor files",
+                p.name
+            ));
         }
         let kconfig = p
             .kconfig
@@ -132,6 +145,7 @@ pub fn parse(text: &str) -> Result<Vec<Package>, String> {
             kconfig,
             files: p.files,
             depends: p.depends,
+            ignore_unknown: p.ignore_unknown,
         });
     }
     Ok(out)
@@ -148,6 +162,7 @@ pub fn from_symbol(arg: &str) -> Result<Package, Error> {
         kconfig: vec![req],
         files: Vec::new(),
         depends: Vec::new(),
+        ignore_unknown: false,
     })
 }
 
@@ -244,8 +259,14 @@ mod tests {
         assert!(
             parse("[[package]]\nname = \"a\"\n")
                 .unwrap_err()
-                .contains("no kconfig")
+                .contains("neither kconfig symbols nor files")
         );
+        // Files only, and symbols this kernel may lack.
+        let ps = parse(
+            "[[package]]\nname = \"kmod-pppox\"\nfiles = [\"drivers/net/ppp/pppox.ko\"]\nignore_unknown = true\n",
+        )
+        .unwrap();
+        assert!(ps[0].kconfig.is_empty() && ps[0].ignore_unknown);
         assert!(parse("[[package]]\nname = \"a\"\nkconfig=[\"X\"]\nfiles=[\"/x.ko\"]\n").is_err());
         assert!(parse("[[package]]\nname = \"a\"\nkconfig=[\"X\"]\nfoo=1\n").is_err());
     }
@@ -257,6 +278,7 @@ mod tests {
             kconfig: vec![KconfigReq::parse("X").unwrap()],
             files: vec![],
             depends: d.iter().map(|s| s.to_string()).collect(),
+            ignore_unknown: false,
         };
         let e = order(vec![p("a", &["b"]), p("b", &["a"])]).unwrap_err();
         assert_eq!(e.to_string(), "package dependency cycle: a -> b -> a");

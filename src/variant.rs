@@ -521,9 +521,31 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
             )
         } else if let Some(index) = inp.index {
             let chain = index.unmet_chain(&r.symbol, &|s| variant.get(s).cloned());
-            if chain.is_empty() {
-                "Kconfig did not apply it (a `select`, a choice or a range decided otherwise)"
-                    .to_string()
+            // `depends on X=y` (or `X != m`) with X a module: the chain above only sees unset
+            // symbols.
+            let needs_y: Vec<String> = index
+                .depends(&r.symbol)
+                .iter()
+                .flat_map(|e| {
+                    e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '='))
+                        .filter_map(|w| w.strip_suffix("=y"))
+                        .filter(|w| variant.get(*w).map(String::as_str) == Some("m"))
+                        .map(|w| {
+                            format!(
+                                "CONFIG_{} depends on `{e}`: CONFIG_{w} is =m, not =y",
+                                r.symbol
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if !needs_y.is_empty() {
+                needs_y.join("; ")
+            } else if chain.is_empty() {
+                format!(
+                    "Kconfig did not apply it although its dependencies are met: CONFIG_{} may have no prompt (only a `select` or a default sets it), or a `select`, a choice or a range decided otherwise",
+                    r.symbol
+                )
             } else {
                 format!("unmet dependencies: {}", chain.join("; "))
             }

@@ -156,8 +156,9 @@ fn kernel_identity(kb: &Path) -> Vec<(String, String)> {
 
 /// The install trees OpenWrt's KernelPackage makes for examples/openwrt/modules/*.mk on the test
 /// kernel: FILES flat in lib/modules/<release>/, /etc/modules.d/<prio>-<name> (no prefix for
-/// AutoProbe), boot-time ones linked from /etc/modules-boot.d/, built-in FILES left out, and an
-/// empty tree for the package whose symbol cannot be enabled. kmod-random-timeriomem is refused.
+/// AutoProbe), boot-time ones linked from /etc/modules-boot.d/, built-in FILES left out (the test
+/// kernel has crypto_hash, lzo_decompress and zlib_inflate built in), and an empty tree for the
+/// package whose symbol cannot be enabled. kmod-random-timeriomem is refused.
 fn expected_trees(release: &str) -> Vec<String> {
     let lines = [
         "kmod-crypto-crc32c/etc/modules-boot.d/04-crypto-crc32c -> ../modules.d/04-crypto-crc32c",
@@ -296,14 +297,20 @@ fn example_recipe_builds_openwrt_install_trees_without_touching_the_kernel() {
     );
     assert!(run.stderr.contains("CONFIG_USB not set"), "{}", run.stderr);
 
-    // Built-in FILES get OpenWrt's NOTICE, with the path as FILES spells it.
+    // Built-in FILES get OpenWrt's NOTICE, with the path as FILES spells it: LINUX_DIR is the
+    // shim's view of the kernel build.
+    let view = work.join("linux");
+    let view = view.display();
+    // Packages install in parallel: their NOTICE lines come in any order.
+    let mut notices = lines_with(&run.stdout, "NOTICE:");
+    notices.sort();
     assert_eq!(
-        lines_with(&run.stdout, "NOTICE:"),
+        notices,
         [
             // CONFIG_MODULE_SIG selects the crypto API into the kernel.
-            format!("NOTICE: module '{src}/crypto/crypto_hash.ko' is built-in."),
-            format!("NOTICE: module '{src}/lib/lzo/lzo_decompress.ko' is built-in."),
-            format!("NOTICE: module '{src}/lib/zlib_inflate/zlib_inflate.ko' is built-in."),
+            format!("NOTICE: module '{view}/crypto/crypto_hash.ko' is built-in."),
+            format!("NOTICE: module '{view}/lib/lzo/lzo_decompress.ko' is built-in."),
+            format!("NOTICE: module '{view}/lib/zlib_inflate/zlib_inflate.ko' is built-in."),
         ],
         "{}",
         run.stdout
@@ -414,7 +421,11 @@ fn walk_files(dir: &Path) -> Vec<PathBuf> {
 
 /// The shim's corner cases, with a recipe of the test's own: a FILES entry no Makefile builds,
 /// FILES built in according to .config when there is no modules.builtin, an out-of-tree FILES
-/// entry, package-wide MODPARAMS, AutoProbe with the boot flag, and a custom install section.
+/// entry, package-wide MODPARAMS, AutoProbe with the boot flag, a custom install section;
+/// OpenWrt's semantics: `@lt`/`@ge` on KCONFIG, symbols this kernel lacks (ignored with a note; a
+/// package whose symbols are all unknown is empty), a package without KCONFIG, DEPENDS `@`
+/// conditions and `+COND:` dependencies evaluated for the target, `KernelPackage/<name>/$(BOARD)`
+/// sections; every ERROR names the package or module and says why.
 #[test]
 fn shim_reports_missing_and_built_in_files_like_kernelpackage() {
     let tk = test_kernel();
@@ -432,6 +443,9 @@ fn shim_reports_missing_and_built_in_files_like_kernelpackage() {
 LINUX_DIR := {src}
 EXTMOD_DIR := {work}
 EXTMOD_INSTALL_DIR := {out}
+ARCH := x86_64
+BOARD := x86
+SUBTARGET := 64
 include {shim}
 
 define KernelPackage/fixture-missing
@@ -440,6 +454,13 @@ define KernelPackage/fixture-missing
   AUTOLOAD:=$(call AutoLoad,30,veth)
 endef
 $(eval $(call ExtmodKernelPackage,fixture-missing))
+
+define KernelPackage/fixture-after-missing
+  KCONFIG:=CONFIG_DUMMY
+  FILES:=$(LINUX_DIR)/drivers/net/dummy.ko
+  DEPENDS:=+kmod-fixture-missing
+endef
+$(eval $(call ExtmodKernelPackage,fixture-after-missing))
 
 define KernelPackage/fixture-builtin
   KCONFIG:=CONFIG_CRC32 CONFIG_ZLIB_INFLATE
@@ -453,6 +474,48 @@ define KernelPackage/fixture-builtin/install
 	echo fixture >$(1)/etc/config/fixture
 endef
 $(eval $(call ExtmodKernelPackage,fixture-builtin))
+
+define KernelPackage/fixture-version
+  KCONFIG:=CONFIG_DUMMY CONFIG_DUMMY=n@ge6.18 CONFIG_EXTMOD_GONE@lt6.0
+  FILES:=$(LINUX_DIR)/drivers/net/dummy.ko
+  DEPENDS:=@TARGET_x86_64||TARGET_armsr +TARGET_x86:kmod-fixture-files-only +TARGET_imx:kmod-fixture-imx
+endef
+$(eval $(call ExtmodKernelPackage,fixture-version))
+
+define KernelPackage/fixture-unknown
+  KCONFIG:=CONFIG_EXTMOD_NO_SUCH_SYMBOL
+  FILES:=$(LINUX_DIR)/drivers/net/extmod-no-such.ko
+  AUTOLOAD:=$(call AutoProbe,extmod-no-such)
+endef
+$(eval $(call ExtmodKernelPackage,fixture-unknown))
+
+define KernelPackage/fixture-partly
+  KCONFIG:=CONFIG_VETH CONFIG_EXTMOD_NO_SUCH_SYMBOL
+  FILES:=$(LINUX_DIR)/drivers/net/veth.ko
+endef
+$(eval $(call ExtmodKernelPackage,fixture-partly))
+
+define KernelPackage/fixture-files-only
+  FILES:=$(LINUX_DIR)/drivers/net/dummy.ko
+endef
+$(eval $(call ExtmodKernelPackage,fixture-files-only))
+
+define KernelPackage/fixture-board
+  KCONFIG:=CONFIG_DUMMY
+  FILES:=$(LINUX_DIR)/drivers/net/dummy.ko
+endef
+define KernelPackage/fixture-board/x86
+  KCONFIG+=CONFIG_VETH
+  FILES+=$(LINUX_DIR)/drivers/net/veth.ko
+endef
+$(eval $(call ExtmodKernelPackage,fixture-board))
+
+define KernelPackage/fixture-imx
+  KCONFIG:=CONFIG_DUMMY
+  FILES:=$(LINUX_DIR)/drivers/net/dummy.ko
+  DEPENDS:=@(TARGET_imx&&!TARGET_x86) +kmod-fixture-files-only
+endef
+$(eval $(call ExtmodKernelPackage,fixture-imx))
 
 all: $(EXTMOD_TARGETS)
 "#,
@@ -483,12 +546,23 @@ all: $(EXTMOD_TARGETS)
         "{}",
         run.stderr
     );
+    // Every ERROR says which package and why; a package whose dependency was refused names it
+    // and its reason.
+    for l in lines_with(&run.stderr, "ERROR:") {
+        assert!(
+            l.starts_with("ERROR: module '")
+                || (l.starts_with("ERROR: kmod-fixture-missing: extmod refused it (exit 21): ")
+                    && l.contains("no-such-driver.o"))
+                || (l.starts_with("ERROR: kmod-fixture-after-missing: not built: dependency `kmod-fixture-missing` was not built (kmod-fixture-missing: no Makefile in drivers/net/ builds no-such-driver.o")),
+            "{l}"
+        );
+    }
     let failed = make_failures(&run.stderr);
-    assert_eq!(failed.len(), 1, "{}", run.stderr);
+    assert_eq!(failed.len(), 2, "{}", run.stderr);
     assert!(
-        failed[0].contains("extmod-build/kmod-fixture-missing]"),
-        "{}",
-        failed[0]
+        failed[0].contains("extmod-build/kmod-fixture-")
+            && failed[1].contains("extmod-build/kmod-fixture-"),
+        "{failed:?}"
     );
     assert_eq!(
         lines_with(&run.stdout, "NOTICE:"),
@@ -499,14 +573,44 @@ all: $(EXTMOD_TARGETS)
         "{}",
         run.stdout
     );
+    // All of the package's symbols unknown: OpenWrt's empty package, with the reason.
+    assert_eq!(
+        lines_with(&run.stderr, "WARNING:"),
+        [
+            "WARNING: kmod-fixture-unknown is not available in the kernel config - generating empty package"
+        ],
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "(none of its kconfig symbols is a Kconfig symbol of this kernel (6.12.118): CONFIG_EXTMOD_NO_SUCH_SYMBOL)"
+        ),
+        "{}",
+        run.stderr
+    );
+    // A symbol this kernel lacks beside one it has: a note, and the package is built.
+    assert!(
+        run.stderr.contains(
+            "NOTE: kmod-fixture-partly: CONFIG_EXTMOD_NO_SUCH_SYMBOL ignored: not a Kconfig symbol of this kernel"
+        ),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         listing(&out),
         [
+            format!("kmod-fixture-board/lib/modules/{release}/dummy.ko"),
+            format!("kmod-fixture-board/lib/modules/{release}/veth.ko"),
             "kmod-fixture-builtin/etc/config/fixture".to_string(),
             "kmod-fixture-builtin/etc/modules-boot.d/fixture-builtin -> ../modules.d/fixture-builtin"
                 .to_string(),
             "kmod-fixture-builtin/etc/modules.d/fixture-builtin".to_string(),
             format!("kmod-fixture-builtin/lib/modules/{release}/extra.ko"),
+            format!("kmod-fixture-files-only/lib/modules/{release}/dummy.ko"),
+            format!("kmod-fixture-partly/lib/modules/{release}/veth.ko"),
+            "kmod-fixture-unknown/".to_string(),
+            format!("kmod-fixture-version/lib/modules/{release}/dummy.ko"),
         ]
     );
     let base = out.join("kmod-fixture-builtin");
@@ -521,5 +625,426 @@ all: $(EXTMOD_TARGETS)
     assert_eq!(
         std::fs::read_to_string(base.join("etc/config/fixture")).unwrap(),
         "fixture\n"
+    );
+    // The package file extmod got: KCONFIG version-filtered, `+TARGET_x86:` taken, `+TARGET_imx:`
+    // not; the package that cannot be selected for x86/64 is not in it.
+    let toml = std::fs::read_to_string(work.join("packages.toml")).unwrap();
+    let entry = toml
+        .split("[[package]]")
+        .find(|e| e.contains("\"kmod-fixture-version\""))
+        .unwrap();
+    assert!(entry.contains("kconfig = [\"CONFIG_DUMMY\"]"), "{entry}");
+    assert!(
+        entry.contains("depends = [\"kmod-fixture-files-only\"]"),
+        "{entry}"
+    );
+    assert!(!toml.contains("kmod-fixture-imx"), "{toml}");
+    assert!(!toml.contains('@'), "{toml}");
+    let outcome = |p: &str| std::fs::read_to_string(work.join("outcome").join(p)).unwrap();
+    assert!(outcome("kmod-fixture-unknown").starts_with("empty none of its kconfig symbols"));
+    assert_eq!(outcome("kmod-fixture-files-only"), "built\n");
+    assert!(outcome("kmod-fixture-missing").starts_with("missing no Makefile in drivers/net/"));
+
+    // Asked for by name, the package that cannot be selected says why.
+    let imx = make(&[
+        "-f".into(),
+        recipe.display().to_string(),
+        format!("EXTMOD={EXTMOD}"),
+        "EXTMOD_MODULES_BUILTIN=/dev/null".into(),
+        "extmod/kmod-fixture-imx".into(),
+    ]);
+    assert_eq!(imx.code, 2, "{}", imx.stderr);
+    assert_eq!(
+        lines_with(&imx.stderr, "ERROR:"),
+        [
+            "ERROR: kmod-fixture-imx cannot be selected for x86/64: DEPENDS @(TARGET_imx&&!TARGET_x86) is false for x86/64 (Linux 6.12)"
+        ],
+        "{}",
+        imx.stderr
+    );
+}
+
+/// OpenWrt's own files (`../shared/data/openwrt-main-*` beside the repository, or
+/// `EXTMOD_OPENWRT_TREE`), or `None` with the reason printed.
+fn openwrt_tree() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("EXTMOD_OPENWRT_TREE") {
+        return Some(PathBuf::from(p));
+    }
+    let data = repo().join("../shared/data");
+    let found = std::fs::read_dir(&data).ok().and_then(|rd| {
+        rd.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("openwrt-main-"))
+                && p.join("include/kernel.mk").is_file()
+        })
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIP: no OpenWrt tree in {} (set EXTMOD_OPENWRT_TREE)",
+            data.display()
+        );
+    }
+    found
+}
+
+/// The Debian 6.12 target: its headers package as the Kbuild tree, the installed image's
+/// modules.order and modules.builtin, Debian's source (the test kernel's) as the source tree.
+struct DebianTarget {
+    headers: PathBuf,
+    modules: PathBuf,
+}
+
+fn debian_target() -> Option<DebianTarget> {
+    let headers = common::debian_headers()?;
+    let release = std::fs::read_to_string(headers.join("include/config/kernel.release")).ok()?;
+    let modules = Path::new("/lib/modules").join(release.trim());
+    if !modules.join("modules.order").is_file() {
+        eprintln!(
+            "SKIP: no {}/modules.order (Debian's linux-image package)",
+            modules.display()
+        );
+        return None;
+    }
+    Some(DebianTarget { headers, modules })
+}
+
+/// The arguments of tests/openwrt-real/Makefile for Debian's 6.12 as an x86/64 target.
+fn real_args(tree: &Path, deb: &DebianTarget, mode: &str, work: &Path, out: &Path) -> Vec<String> {
+    vec![
+        // OpenWrt's package directory: custom install sections copy ./files/...
+        "-C".into(),
+        tree.join("package/kernel/linux").display().to_string(),
+        "-f".into(),
+        repo()
+            .join("tests/openwrt-real/Makefile")
+            .display()
+            .to_string(),
+        format!("MODE={mode}"),
+        format!("OPENWRT={}", tree.display()),
+        format!("KBUILD={}", deb.headers.display()),
+        format!(
+            "SRCTREE={}",
+            std::env::var_os("EXTMOD_OPENWRT_SRCTREE")
+                .map_or_else(|| test_kernel().src.clone(), PathBuf::from)
+                .display()
+        ),
+        format!("WORK={}", work.display()),
+        format!("OUT={}", out.display()),
+        format!(
+            "MODULES_ORDER={}",
+            deb.modules.join("modules.order").display()
+        ),
+        format!(
+            "MODULES_BUILTIN={}",
+            deb.modules.join("modules.builtin").display()
+        ),
+        format!("EXTMOD={EXTMOD}"),
+    ]
+}
+
+fn make_quiet(args: &[String]) -> String {
+    let o = Command::new("make")
+        .arg("-s")
+        .args(args)
+        .env_remove("MAKEFLAGS")
+        .env_remove("MAKELEVEL")
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "make {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// OpenWrt's real include/kernel.mk and every real modules/*.mk (but netfilter.mk, which needs
+/// include/netfilter.mk), unmodified, read through Makefile.shim for x86/64 on Debian's 6.12:
+/// what each package becomes, without building anything.
+#[test]
+fn openwrt_real_definitions_are_read_as_openwrt_reads_them() {
+    let (Some(tree), Some(deb)) = (openwrt_tree(), debian_target()) else {
+        return;
+    };
+    let tmp = common::tempdir("extmod-openwrt-real-");
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let args = real_args(&tree, &deb, "extmod", &work, &out);
+    // One make run: the fields of the packages looked at, then the selection.
+    let looked_at = [
+        "kmod-crypto-md5",
+        "kmod-fs-nfs-common",
+        "kmod-ata-core",
+        "kmod-crypto-lib-chacha20",
+        "kmod-pppox",
+        "kmod-ata-ahci-platform",
+        "kmod-e1000",
+        "kmod-i2c-algo-bit",
+    ];
+    let mut a = args.clone();
+    a.extend(looked_at.iter().map(|p| format!("show-{p}")));
+    a.push("list-selected".into());
+    a.push("list-unselectable".into());
+    let text = make_quiet(&a);
+    let mut fields: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let (mut selected, mut unselectable) = (0, Vec::new());
+    for l in text.lines() {
+        if let Some((pkg, why)) = l.split_once('\t') {
+            unselectable.push((pkg.to_string(), why.to_string()));
+        } else if let Some((key, value)) = l.split_once(':')
+            && let Some((pkg, field)) = key.split_once('.')
+        {
+            fields
+                .entry(pkg.to_string())
+                .or_default()
+                .insert(field.to_string(), value.trim().to_string());
+        } else {
+            selected += 1;
+        }
+    }
+    let show = |pkg: &str| fields[pkg].clone();
+    let view = work.join("linux");
+    let rel = |files: &str| -> Vec<String> {
+        files
+            .split_whitespace()
+            .map(|f| {
+                Path::new(f)
+                    .strip_prefix(&view)
+                    .unwrap_or_else(|_| panic!("{f} is not under {}", view.display()))
+                    .display()
+                    .to_string()
+            })
+            .collect()
+    };
+
+    // KCONFIG is version-filtered like FILES (`CONFIG_CRYPTO_MD5_OCTEON@lt6.18` is kept as the
+    // symbol; `CONFIG_NFSD_V4_DELEG_TIMESTAMPS=n@ge6.18` is dropped on 6.12).
+    let md5 = show("kmod-crypto-md5");
+    assert!(!md5["kconfig"].contains('@'), "{md5:?}");
+    assert!(
+        md5["kconfig"].contains("CONFIG_CRYPTO_MD5_OCTEON"),
+        "{md5:?}"
+    );
+    let nfs = show("kmod-fs-nfs-common");
+    assert!(!nfs["kconfig"].contains("DELEG_TIMESTAMPS"), "{nfs:?}");
+    // `$(wildcard $(LINUX_DIR)/drivers/ata/libahci.ko)` answered from the kernel's modules.order.
+    let ata = show("kmod-ata-core");
+    assert_eq!(
+        rel(&ata["files"]),
+        ["drivers/ata/libata.ko", "drivers/ata/libahci.ko"],
+        "{ata:?}"
+    );
+    // KernelPackage/<name>/$(BOARD)/$(SUBTARGET) = KernelPackage/<name>/$(ARCH): x86_64 glue.
+    let chacha = show("kmod-crypto-lib-chacha20");
+    assert!(
+        rel(&chacha["files"]).contains(&"arch/x86/crypto/chacha-x86_64.ko".to_string()),
+        "{chacha:?}"
+    );
+    assert!(chacha["kconfig"].contains("CONFIG_CRYPTO_CHACHA20_X86_64"));
+    // No KCONFIG: FILES only, selected and built like OpenWrt does.
+    let pppox = show("kmod-pppox");
+    assert_eq!(pppox["kconfig"], "");
+    assert_eq!(pppox["build"], "drivers/net/ppp/pppox.ko");
+    assert_eq!(pppox["selected"], "kmod-pppox");
+    // DEPENDS conditions: not for x86/64, with the condition named.
+    let platform = show("kmod-ata-ahci-platform");
+    assert_eq!(platform["selected"], "");
+    assert_eq!(
+        platform["unselectable"],
+        "DEPENDS @TARGET_ipq806x||TARGET_layerscape||TARGET_rockchip||TARGET_sunxi is false for x86/64 (Linux 6.12)"
+    );
+    assert_eq!(show("kmod-e1000")["selected"], "kmod-e1000", "@PCI_SUPPORT");
+    assert_eq!(show("kmod-ata-core")["selected"], "kmod-ata-core");
+    // i2c.mk's ModuleConfVar needs rules.mk's $(space).
+    assert_eq!(show("kmod-i2c-algo-bit")["kconfig"], "CONFIG_I2C_ALGOBIT");
+
+    eprintln!(
+        "x86/64 on 6.12: {selected} packages selected, {} not selectable",
+        unselectable.len()
+    );
+    assert!(selected > 800, "{selected}");
+    assert!(unselectable.len() > 30, "{unselectable:?}");
+    for (pkg, why) in &unselectable {
+        assert!(pkg.starts_with("kmod-") && !why.is_empty(), "{pkg}");
+    }
+}
+
+/// The outcome Makefile.shim recorded for each package: `<outcome> <why>`.
+fn outcomes(work: &Path, packages: &[String]) -> BTreeMap<String, (String, String)> {
+    packages
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(work.join("outcome").join(p))
+                .unwrap_or_else(|_| "no-outcome".into());
+            let text = text.trim();
+            let (o, why) = text.split_once(' ').unwrap_or((text, ""));
+            (p.clone(), (o.to_string(), why.to_string()))
+        })
+        .collect()
+}
+
+/// The acceptance run: every package OpenWrt selects for x86/64 from its real modules/*.mk,
+/// built through Makefile.shim against Debian's 6.12 headers, then OpenWrt's own
+/// Package/kmod-<name>/install (real include/kernel.mk) run on the modules extmod built, and the
+/// install trees compared. Long on 2 cores: `cargo test --test openwrt -- --ignored
+/// openwrt_real_packages --nocapture`; `EXTMOD_OPENWRT_MK="lib.mk nls.mk"` limits the .mk files,
+/// `EXTMOD_OPENWRT_SELECT="kmod-a kmod-b"` the packages wanted (what they pull in comes too),
+/// `EXTMOD_OPENWRT_WORK=<dir>` keeps (and reuses) the builds, `EXTMOD_OPENWRT_SRCTREE` names
+/// Debian's 6.12 source [the test kernel's].
+#[test]
+#[ignore = "builds every OpenWrt x86/64 kernel package against Debian's 6.12 headers (long)"]
+fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
+    let (Some(tree), Some(deb)) = (openwrt_tree(), debian_target()) else {
+        return;
+    };
+    let started = Instant::now();
+    let tmp;
+    let base = match std::env::var_os("EXTMOD_OPENWRT_WORK") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            tmp = common::tempdir("extmod-openwrt-full-");
+            tmp.path().to_path_buf()
+        }
+    };
+    let (work, out) = (base.join("work"), base.join("out"));
+    let mut mk: Vec<String> = std::env::var("EXTMOD_OPENWRT_MK")
+        .map(|m| vec![format!("MK={m}")])
+        .unwrap_or_default();
+    if let Ok(select) = std::env::var("EXTMOD_OPENWRT_SELECT") {
+        mk.push(format!("EXTMOD_SELECT={select}"));
+    }
+    let mut args = real_args(&tree, &deb, "extmod", &work, &out);
+    args.extend(mk.clone());
+    let mut a = args.clone();
+    a.push("list-selected".into());
+    let selected: Vec<String> = make_quiet(&a).lines().map(str::to_string).collect();
+    let mut a = args.clone();
+    a.push("packages".into());
+    let run = make(&a);
+    let seconds = started.elapsed().as_secs_f64();
+
+    // Every failure message names its package (or module) and says why.
+    for l in lines_with(&run.stderr, "ERROR:") {
+        let ok = (l.starts_with("ERROR: module '") && l.ends_with("' is missing."))
+            || l.split_once(": ").is_some_and(|(_, rest)| {
+                rest.starts_with("kmod-")
+                    && rest
+                        .split_once(": ")
+                        .is_some_and(|(_, w)| !w.trim().is_empty())
+            })
+            || (l.starts_with("ERROR: kmod-") && l.contains(" cannot be selected for "));
+        assert!(ok, "{l}");
+    }
+
+    let results = outcomes(&work, &selected);
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for (o, _) in results.values() {
+        *counts.entry(o.as_str()).or_default() += 1;
+    }
+    eprintln!(
+        "{} packages selected for x86/64, make exit {} in {seconds:.0}s: {counts:?}",
+        selected.len(),
+        run.code
+    );
+    for (p, (o, why)) in &results {
+        if !["built", "none", "empty"].contains(&o.as_str()) {
+            eprintln!("  {o:<14} {p}: {why}");
+        }
+    }
+    // Failures extmod caused: a build that failed, or no result at all. A package skipped
+    // because a dependency was refused says which.
+    let failed: Vec<_> = results
+        .iter()
+        .filter(|(_, (o, why))| {
+            o == "failed" || o == "no-outcome" || (o == "skipped" && !why.contains("kmod-"))
+        })
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+
+    // OpenWrt's own install step on the same modules: LINUX_DIR holds the kernel's .config and
+    // modules.builtin and every module extmod staged, at its path in the kernel tree.
+    let reference = base.join("ref");
+    let _ = std::fs::remove_dir_all(&reference);
+    std::fs::create_dir_all(&reference).unwrap();
+    std::os::unix::fs::symlink(deb.headers.join(".config"), reference.join(".config")).unwrap();
+    std::fs::copy(
+        deb.modules.join("modules.builtin"),
+        reference.join("modules.builtin"),
+    )
+    .unwrap();
+    let release = std::fs::read_to_string(deb.headers.join("include/config/kernel.release"))
+        .unwrap()
+        .trim()
+        .to_string();
+    for (p, (o, _)) in &results {
+        if o != "built" {
+            continue;
+        }
+        let kernel = work
+            .join("stage")
+            .join(p)
+            .join("lib/modules")
+            .join(&release)
+            .join("kernel");
+        for f in walk_files(&kernel) {
+            let to = reference.join(f.strip_prefix(&kernel).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            if !to.exists() {
+                std::os::unix::fs::symlink(&f, &to).unwrap();
+            }
+        }
+    }
+    let compared: Vec<String> = results
+        .iter()
+        .filter(|(_, (o, _))| ["built", "none", "empty"].contains(&o.as_str()))
+        .map(|(p, _)| p.clone())
+        .collect();
+    let ref_out = base.join("ref-out");
+    let _ = std::fs::remove_dir_all(&ref_out);
+    let mut a = real_args(&tree, &deb, "openwrt", &base.join("ref-work"), &ref_out);
+    a.extend(mk);
+    a.push(format!("REF={}", reference.display()));
+    a.push(format!("SELECTED={}", compared.join(" ")));
+    a.push("packages".into());
+    let openwrt = make(&a);
+    assert_eq!(openwrt.code, 0, "{}", openwrt.stderr);
+
+    let mut differ = Vec::new();
+    let mut modules_compared = 0;
+    for p in &compared {
+        let (ours, theirs) = (out.join(p), ref_out.join(p));
+        let (lo, lt) = (listing(&ours), listing(&theirs));
+        if lo != lt {
+            differ.push(format!("{p}: {lo:?} != {lt:?}"));
+            continue;
+        }
+        for f in lo
+            .iter()
+            .filter(|f| !f.contains(" -> ") && !f.ends_with('/'))
+        {
+            let (a, b) = (ours.join(f), theirs.join(f));
+            let same = if f.ends_with(".ko") {
+                modules_compared += 1;
+                modinfo(&a, "name") == modinfo(&b, "name")
+                    && modinfo(&a, "vermagic") == modinfo(&b, "vermagic")
+            } else {
+                std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap()
+            };
+            if !same {
+                differ.push(format!("{p}: {f} differs"));
+            }
+        }
+    }
+    eprintln!(
+        "{} install trees ({modules_compared} modules) compared with OpenWrt's KernelPackage, {} differ; total {:.0}s",
+        compared.len(),
+        differ.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(differ.is_empty(), "{differ:#?}");
+    assert_eq!(
+        modules_compared > 0,
+        counts.contains_key("built"),
+        "built packages, but no module compared"
     );
 }

@@ -4,11 +4,11 @@ USB_MENU:=USB Support
 
 # The test kernel has no USB: CONFIG_USB_NET_CDCETHER cannot be enabled without changing the
 # kernel (its dependencies are unmet), so the package is generated empty, with OpenWrt's warning.
-# kmod-usb-net is not defined here: that dependency is left out of extmod's package file.
+# OpenWrt's definition also has DEPENDS:=+kmod-usb-net; kmod-usb-net is not defined here, and a
+# package that pulls in an undefined one cannot be selected (Makefile.shim would not build it).
 define KernelPackage/usb-net-cdc-ether
   SUBMENU:=$(USB_MENU)
   TITLE:=Support for cdc ethernet connections
-  DEPENDS:=+kmod-usb-net
   KCONFIG:=CONFIG_USB_NET_CDCETHER
   FILES:=$(LINUX_DIR)/drivers/net/usb/cdc_ether.ko
   AUTOLOAD:=$(call AutoProbe,cdc_ether)
