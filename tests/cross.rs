@@ -166,6 +166,39 @@ fn pipeline(tk: &TestKernel) {
     let audit = json_of(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{audit}");
 
+    // The OpenWrt example through Makefile.shim: the same outcome as on x86_64 (one package
+    // refused because its KCONFIG changes the kernel), install trees of the target's modules.
+    let ipkg = t.join("ipkg");
+    let o = std::process::Command::new("make")
+        .args(["-k", "-j2", "-C"])
+        .arg(common::repo().join("examples/openwrt"))
+        .arg(format!("KBUILD={}", k.display()))
+        .arg(format!("LINUX_DIR={}", tk.src.display()))
+        .arg(format!("OUT={}", ipkg.display()))
+        .arg(format!("WORK={}", t.join("owrt").display()))
+        .arg(format!("EXTMOD={}", env!("CARGO_BIN_EXE_extmod")))
+        .arg("packages")
+        .env_remove("MAKEFLAGS")
+        .env_remove("MAKELEVEL")
+        .env("LC_ALL", "C")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR:")).collect();
+    assert!(
+        errors.len() == 1 && errors[0].starts_with("ERROR: kmod-random-timeriomem:"),
+        "{stderr}"
+    );
+    let shipped: Vec<_> = files_of(&ipkg)
+        .into_keys()
+        .filter(|f| f.ends_with(".ko"))
+        .collect();
+    assert!(shipped.len() >= 10, "{shipped:?}");
+    for f in &shipped {
+        assert_eq!(elf_machine(&ipkg.join(f)).0, target.elf_machine(), "{f}");
+    }
+
     // The real kernel loads them all through the modules.dep extmod wrote, untainted.
     let image = Initramfs::for_target(target)
         .release(&release)

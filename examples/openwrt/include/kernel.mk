@@ -18,7 +18,8 @@ EXTMOD_INSTALL_DIR := $(abspath $(OUT))
 EXTMOD_SRCTREE := $(abspath $(LINUX_DIR))
 EXTMOD_VIEW := 1
 
-# The target, from the kernel configuration unless given: x86/64, armsr/armv8 (OpenWrt's names).
+# The target, from the kernel configuration unless given: x86/64, armsr/armv8, armsr/armv7
+# (OpenWrt's names).
 extmod_kcfg = $(shell grep -qx 'CONFIG_$(1)=y' '$(EXTMOD_KBUILD)/.config' 2>/dev/null && echo y)
 ifeq ($(call extmod_kcfg,X86_64),y)
   ARCH ?= x86_64
@@ -28,6 +29,10 @@ else ifeq ($(call extmod_kcfg,ARM64),y)
   ARCH ?= aarch64
   BOARD ?= armsr
   SUBTARGET ?= armv8
+else ifeq ($(call extmod_kcfg,ARM),y)
+  ARCH ?= arm
+  BOARD ?= armsr
+  SUBTARGET ?= armv7
 else ifeq ($(call extmod_kcfg,X86_32),y)
   ARCH ?= i386
   BOARD ?= x86
