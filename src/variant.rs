@@ -161,7 +161,7 @@ fn base_recomputed(inp: &Inputs, m: &Manifest) -> Result<BTreeMap<String, String
         let config =
             std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
         let tmp = tempfile::Builder::new()
-            .prefix(".base-")
+            .prefix(&format!(".base-{}-", std::process::id()))
             .tempdir_in(inp.cache)
             .map_err(io("create", inp.cache))?;
         let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
@@ -398,6 +398,10 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     if let Some(v) = load(&dir) {
         return Ok(v);
     }
+    // Temporary directories of runs that were killed.
+    for prefix in [".variant-", ".base-"] {
+        kbuild_install::fsutil::clean_stale(inp.cache, prefix);
+    }
     // One maker per entry: another run may be making it, or building against it.
     let _lock = kbuild_install::lock::exclusive(
         &dir.with_extension("lock"),
@@ -412,7 +416,7 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     let config =
         std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".variant-")
+        .prefix(&format!(".variant-{}-", std::process::id()))
         .tempdir_in(inp.cache)
         .map_err(io("create", inp.cache))?;
     let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
