@@ -860,6 +860,35 @@ fn catalogue_build() {
         .writes(&out)
         .run(t);
     assert!(start.elapsed() < Duration::from_secs(300));
+    // ... and SIGTERM still stops it promptly (130), no make left behind.
+    let (dt, ot) = (t.join("d-term"), t.join("out-term"));
+    let child = Command::new(BIN)
+        .args(b(&dt, &ot))
+        .args(["-j", "65536", "CONFIG_VETH"])
+        .env("CI", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let start = Instant::now();
+    let out_term = child.wait_with_output().unwrap();
+    assert!(start.elapsed() < Duration::from_secs(15), "SIGTERM ignored");
+    assert_eq!(
+        out_term.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out_term.stderr)
+    );
+    assert!(makes_running_below(&dt).is_empty());
+    TABLE
+        .lock()
+        .unwrap()
+        .push(("build: -j 65536 then SIGTERM".into(), 130, String::new()));
     case("build: fresh rerun", 0, "fresh 1")
         .args(b(&d, &out))
         .args(["CONFIG_DUMMY"])
