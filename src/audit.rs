@@ -64,7 +64,7 @@ pub fn load(path: &Utf8Path) -> Result<Vec<AuditPackage>, Error> {
         .collect())
 }
 
-fn parse_openwrt_table(text: &str) -> Result<Vec<AuditPackage>, String> {
+pub(crate) fn parse_openwrt_table(text: &str) -> Result<Vec<AuditPackage>, String> {
     let mut lines = text.lines();
     let head: Vec<&str> = lines.next().unwrap_or("").split('\t').collect();
     let col = |n: &str| {
@@ -408,10 +408,12 @@ pub fn catch_all(name: &str, findings: &[Finding]) -> String {
         .iter()
         .filter(|f| f.kind == "unpackaged")
         .filter_map(|f| f.subject.as_deref())
-        .map(|f| format!("  \"{f}\","))
+        // A JSON string is a valid TOML basic string: quotes and control characters escaped.
+        .map(|f| format!("  {},", serde_json::Value::from(f)))
         .collect();
     format!(
-        "[[package]]\nname = \"{name}\"\nkconfig = [\"CONFIG_MODULES\"]\nfiles = [\n{}\n]\n",
+        "[[package]]\nname = {}\nkconfig = [\"CONFIG_MODULES\"]\nfiles = [\n{}\n]\n",
+        serde_json::Value::from(name),
         files.join("\n")
     )
 }

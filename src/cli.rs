@@ -289,6 +289,10 @@ pub struct BuildArgs {
     /// modules.builtin and depmod, like `make modules_install INSTALL_MOD_PATH=DIR`.
     #[arg(long, value_name = "DIR")]
     pub install_mod_path: Option<camino::Utf8PathBuf>,
+    /// Fail at once (exit 31) when another run is building one of these packages in D or OUT,
+    /// instead of waiting for it.
+    #[arg(long)]
+    pub no_wait: bool,
 }
 
 #[cfg(test)]

@@ -25,7 +25,9 @@ use std::time::{Instant, UNIX_EPOCH};
 const STATE: &str = "state.json";
 /// modpost as the in-tree build runs it (see [`write_modpost`]), in `D/<package>/`.
 const MODPOST: &str = "modpost-intree";
-const STATE_FORMAT: u32 = 3;
+const STATE_FORMAT: u32 = 4;
+/// More make slots than this would only fill the jobserver pipe (64 KiB) and block.
+const MAX_JOBS: usize = 1024;
 
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
@@ -47,6 +49,8 @@ pub struct BuildOptions {
     pub install: crate::modinst::InstallOptions,
     /// Also install every package's modules into one tree (`INSTALL_MOD_PATH`) with depmod.
     pub install_mod_path: Option<Utf8PathBuf>,
+    /// Fail at once when another run holds a package's lock, instead of waiting.
+    pub no_wait: bool,
 }
 
 /// One `make` call: the modules of a package in one directory.
@@ -67,6 +71,9 @@ struct Job {
     /// Directories the build writes into: the units' and those of every object of the modules
     /// (composite parts in subdirectories or `../`); real directories in the overlay.
     write_dirs: BTreeSet<String>,
+    /// Inputs whose content changed since the last build (real paths): their dependent outputs
+    /// are removed before make runs.
+    changed: Vec<String>,
 }
 
 enum Plan {
@@ -79,8 +86,8 @@ struct State {
     format: u32,
     key: String,
     modules: Vec<String>,
-    /// Files the build read (real paths), with size and mtime (ns).
-    inputs: Vec<(String, u64, i128)>,
+    /// Files the build read (real paths), with size, mtime, inode and content hash.
+    inputs: Vec<crate::fresh::Input>,
     /// The build's notes (e.g. the --allow-kernel-change label), repeated when fresh.
     #[serde(default)]
     notes: Vec<String>,
@@ -98,6 +105,8 @@ struct Ctx {
     dry_run: bool,
     external: bool,
     installer: Installer,
+    /// Trees make runs with read-only (S, K, the trees K was made from), where possible.
+    protected: Vec<Utf8PathBuf>,
 }
 
 impl Ctx {
@@ -154,29 +163,15 @@ pub fn run(
         }
         .into());
     }
-    // D and OUT are written and cleaned: never inside S or K, and never holding them.
+    // D and OUT are written and cleaned: never inside S, K or the trees K was made from, never
+    // holding them, and apart from each other.
     let objdir = kbuild_install::tree::resolve(&objdir)?;
     let dest = kbuild_install::tree::resolve(&dest)?;
+    let protected = crate::guard::protected(&k, Some(src.path.as_path()));
     for p in [&objdir, &dest] {
-        for (tree, which) in [(&src.path, "source"), (&k.path, "Kbuild")] {
-            if p.starts_with(tree) {
-                return Err(KError::DestInsideTree {
-                    dest: p.clone(),
-                    which,
-                    tree: tree.clone(),
-                }
-                .into());
-            }
-            if tree.starts_with(p) {
-                return Err(KError::TreeInsideDest {
-                    dest: p.clone(),
-                    which,
-                    tree: tree.clone(),
-                }
-                .into());
-            }
-        }
+        crate::guard::check_outside(p, &protected)?;
     }
+    crate::guard::check_apart(&objdir, &dest)?;
     let cc = k.compiler();
     for (tool, role) in [
         ("make", "GNU make"),
@@ -207,13 +202,37 @@ pub fn run(
         dry_run: opts.dry_run,
         external: opts.external,
         installer,
+        protected: protected.into_iter().map(|(p, _)| p).collect(),
     };
 
-    // Plan.
-    let mut stat_cache = HashMap::new();
+    // Locks (per package, in D and OUT) before reading any state; a dry run writes nothing.
+    let _locks = if opts.dry_run {
+        None
+    } else {
+        for d in [&ctx.objdir, &ctx.dest] {
+            std::fs::create_dir_all(d).map_err(|e| KError::DestNotWritable {
+                path: d.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+        let locks =
+            crate::runlock::take(&ctx.k.path, &ctx.objdir, &ctx.dest, &names, opts.no_wait)?;
+        crate::runlock::clean_stale(&ctx.dest, &names);
+        Some(locks)
+    };
+
+    // Plan. A package whose dependency is rebuilt in this run is rebuilt after it.
+    let mut stat_cache = crate::fresh::Cache::default();
     let mut plans = Vec::new();
+    let mut rebuilt: BTreeSet<String> = BTreeSet::new();
     for pkg in &packages {
-        plans.push(plan(&ctx, pkg, &mut stat_cache)?);
+        let force = pkg.depends.iter().any(|d| rebuilt.contains(d));
+        let p = plan(&ctx, pkg, &mut stat_cache, force)?;
+        if matches!(p, Plan::Build(_)) {
+            rebuilt.insert(pkg.name.clone());
+        }
+        plans.push(p);
     }
     let to_build = plans.iter().filter(|p| matches!(p, Plan::Build(_))).count();
     emit(Event::Planned {
@@ -243,9 +262,6 @@ pub fn run(
         }
         return Ok(out);
     }
-    for d in [&ctx.objdir, &ctx.dest] {
-        std::fs::create_dir_all(d).map_err(|e| KError::io("create", d.as_path(), e))?;
-    }
     let results = execute(&ctx, plans, opts, emit)?;
     if let Some(root) = &install_root {
         install_all(&ctx, root, &results)?;
@@ -264,39 +280,32 @@ fn package_key(ctx: &Ctx, pkg: &Package) -> String {
     h.update(ctx.installer.identity.as_bytes());
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     h.update(STATE_FORMAT.to_le_bytes());
+    // Make variables from the environment reach the command lines (KCFLAGS, LLVM, CC, ...).
+    for (k, v) in crate::guard::command_line_env() {
+        h.update(format!("{k}={v}\0").as_bytes());
+    }
     format!("{:x}", h.finalize())
-}
-
-fn stat(path: &Utf8Path) -> Option<(u64, i128)> {
-    let m = std::fs::metadata(path).ok()?;
-    let t = m
-        .modified()
-        .ok()?
-        .duration_since(UNIX_EPOCH)
-        .ok()?
-        .as_nanos() as i128;
-    Some((m.len(), t))
 }
 
 fn plan(
     ctx: &Ctx,
     pkg: &Package,
-    cache: &mut HashMap<Utf8PathBuf, Option<(u64, i128)>>,
+    cache: &mut crate::fresh::Cache,
+    force: bool,
 ) -> Result<Plan, Error> {
     let key = package_key(ctx, pkg);
-    let tree = ctx.tree(&pkg.name);
-    // Fresh: same inputs as the last successful build, and its staged modules still there.
+    // Fresh: same inputs (by content) as the last successful build, and its staged modules
+    // still there.
+    let mut changed = Vec::new();
     if let Ok(text) = std::fs::read_to_string(ctx.pkg_dir(&pkg.name).join(STATE))
         && let Ok(state) = serde_json::from_str::<State>(&text)
         && state.format == STATE_FORMAT
         && state.key == key
     {
-        let unchanged = state.inputs.iter().all(|(p, size, mtime)| {
-            let full = tree.join(p);
-            *cache.entry(full.clone()).or_insert_with(|| stat(&full)) == Some((*size, *mtime))
-        });
+        changed = crate::fresh::changed(&state.inputs, cache);
         let staged = ctx.staged(&pkg.name);
-        if unchanged
+        if !force
+            && changed.is_empty()
             && state
                 .installed
                 .iter()
@@ -357,6 +366,13 @@ fn plan(
         ));
     }
     for req in &pkg.kconfig {
+        if let Err(e) = crate::variant::check_request(req) {
+            return refused(refusal(
+                code::BAD_PACKAGES,
+                e.to_string().replace("package file `--set`: ", ""),
+                "write one value per kconfig entry",
+            ));
+        }
         let sym = &req.symbol;
         let base = ctx.k.value(sym);
         let ty = index.sym_type(sym);
@@ -471,7 +487,17 @@ fn plan(
                 },
             },
             &reqs,
-        )?;
+        );
+        // A variant that cannot be made fails this package only.
+        let v = match v {
+            Ok(v) => v,
+            Err(Error::Kbuild(KError::Interrupted)) => return Err(KError::Interrupted.into()),
+            Err(e) => {
+                let mut res = PackageResult::new(&pkg.name, Status::Failed);
+                res.error = Some(format!("cannot make its configuration variant: {e}"));
+                return Ok(Plan::Done(res));
+            }
+        };
         if !v.not_applied.is_empty() {
             let why: Vec<String> = v
                 .not_applied
@@ -619,6 +645,7 @@ fn plan(
         notes,
         variant,
         write_dirs,
+        changed,
     }))
 }
 
@@ -717,7 +744,7 @@ impl Slots {
         }
         let n = jobs
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .max(1);
+            .clamp(1, MAX_JOBS);
         let client =
             jobserver::Client::new(n).map_err(|e| KError::io("create jobserver for", "make", e))?;
         Ok(Slots {
@@ -972,7 +999,7 @@ fn build_package(
             let make_start = Instant::now();
             let (first_out, modpost_at, after_modpost) =
                 (Cell::new(None), Cell::new(None), Cell::new(None));
-            let (status, text) = run_make(&args, &line, slots, &mut log, &|l| {
+            let (status, text) = run_make(&args, &line, slots, &ctx.protected, &mut log, &|l| {
                 let now = Some(Instant::now());
                 if l.starts_with("MODPOST") {
                     modpost_at.set(now);
@@ -1060,12 +1087,17 @@ fn run_make(
     args: &[String],
     line: &str,
     slots: &Slots,
+    protected: &[Utf8PathBuf],
     log: &mut std::fs::File,
     progress: &dyn Fn(&str),
 ) -> Result<(Option<std::process::ExitStatus>, String), String> {
     let client = slots.client.clone();
+    let protected = protected.to_vec();
     let expr = kbuild_install::selftest::make_expr("make", args).before_spawn(move |cmd| {
         client.configure_make(cmd);
+        // S and K read-only for make and everything it runs.
+        let paths: Vec<&Utf8Path> = protected.iter().map(|p| p.as_path()).collect();
+        kbuild_install::sandbox::protect(cmd, &paths);
         Ok(())
     });
     let (reader, _guard) =
@@ -1158,6 +1190,9 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
     };
     let layout_file = dir.join("layout");
     let same_layout = std::fs::read_to_string(&layout_file).is_ok_and(|l| l == layout);
+    // Outputs that depend on a changed input go first (make would keep an object newer than
+    // a replacement with an older mtime), then the state: an interrupted run builds again.
+    crate::fresh::remove_stale(&tree, &job.write_dirs, &job.changed);
     let _ = std::fs::remove_file(dir.join(STATE));
     if !same_layout || !tree.is_dir() {
         if dir.exists() {
@@ -1207,6 +1242,7 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         if !ctx.external {
             write_modpost(&dir)?;
         }
+        crate::runlock::mark(&dir, &job.pkg.name)?;
         std::fs::write(&layout_file, &layout).map_err(|e| KError::io("write", &layout_file, e))?;
     }
     for m in &job.modules {
@@ -1271,6 +1307,17 @@ fn explain_failure(log: &str, ctx: &Ctx) -> String {
             &c[1]
         ));
     }
+    static READ_ONLY: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?m)[`'‘]([^'’`\n]+)[’'`]: Read-only file system|(\S+): Read-only file system")
+            .unwrap()
+    });
+    for c in READ_ONLY.captures_iter(log).take(3) {
+        out.push(format!(
+            "the build tried to write `{}` (in the package's tree `{}`), which leads into a tree extmod keeps read-only (the source tree, the Kbuild tree or the trees it was made from); nothing was written there",
+            c.get(1).or(c.get(2)).map_or("", |m| m.as_str()),
+            ctx.objdir
+        ));
+    }
     if out.is_empty() {
         out = log
             .lines()
@@ -1319,7 +1366,7 @@ fn stage(
     let name = &job.pkg.name;
     let tree = ctx.tree(name);
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.staging-"))
+        .prefix(&kbuild_install::fsutil::temp_prefix(name, "staging"))
         .tempdir_in(&ctx.dest)
         .map_err(|e| KError::io("create", &ctx.dest, e))?;
     let root = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8 destination");
@@ -1355,17 +1402,19 @@ fn stage(
         .depmod(&ctx.k, &root, &job.modules, false, &mut log)?;
     let sv = root.join("Module.symvers");
     std::fs::write(&sv, &symvers).map_err(|e| KError::io("write", &sv, e))?;
+    crate::runlock::mark(&root, name)?;
     let pkg_symvers = ctx.pkg_dir(name).join("Module.symvers");
     std::fs::write(&pkg_symvers, &symvers).map_err(|e| KError::io("write", &pkg_symvers, e))?;
     check_interrupted()?;
     kbuild_install::fsutil::replace_dir(tmp, &ctx.staged(name), &ctx.dest, name)?;
-    let inputs = inputs(&tree, job, extra);
+    let cc = ctx.k.manifest.as_ref().map_or("gcc", |m| m.cc.as_str());
+    let inputs = inputs(&tree, job, extra, cc);
     // An input changed while make ran: the modules may not reflect it, so no state is written
     // and the next run builds again.
     let started_ns = started
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128);
-    if inputs.iter().any(|(_, _, t)| *t > started_ns) {
+        .map_or(0, |d| d.as_nanos() as i64);
+    if inputs.iter().any(|i| i.mtime > started_ns) {
         return Ok(installed);
     }
     let state = State {
@@ -1464,7 +1513,7 @@ fn output_dir(p: &Utf8Path, src: &SourceTree, k: &KbuildTree) -> Result<Utf8Path
 }
 
 /// Every file the build read, from Kbuild's `.cmd` files, plus the module directories' Makefiles.
-fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64, i128)> {
+fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf], cc: &str) -> Vec<crate::fresh::Input> {
     let mut files: BTreeSet<String> = extra.iter().map(|p| p.to_string()).collect();
     for dir in &job.write_dirs {
         for mk in ["Makefile", "Kbuild"] {
@@ -1481,28 +1530,16 @@ fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64
             let Ok(text) = std::fs::read_to_string(e.path()) else {
                 continue;
             };
-            for line in text.lines() {
-                if let Some((lhs, rhs)) = line.split_once(":=")
-                    && lhs.trim_start().starts_with("source_")
-                {
-                    files.insert(rhs.trim().to_string());
-                    continue;
-                }
-                let t = line.trim().trim_end_matches('\\').trim();
-                if t.is_empty()
-                    || t.contains(":=")
-                    || t.starts_with("$(")
-                    || t.contains(' ')
-                    || t.starts_with('#')
-                    || t.contains(':')
-                {
-                    continue;
-                }
-                files.insert(t.to_string());
-            }
+            files.extend(crate::fresh::cmd_deps(&text));
         }
     }
-    files
+    // The compiler itself: another gcc at the same path is another build.
+    if let Ok(p) = which::which(cc)
+        && let Some(p) = p.to_str()
+    {
+        files.insert(p.to_string());
+    }
+    let real: BTreeSet<Utf8PathBuf> = files
         .into_iter()
         .filter_map(|f| {
             let full = if f.starts_with('/') {
@@ -1514,12 +1551,10 @@ fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf]) -> Vec<(String, u64
             // packages, without walking the overlay's symlinks.
             let real = kbuild_install::tree::canonical(&full).ok()?;
             // Files the build itself wrote (`dummy.mod.c`, ...) are outputs, not inputs.
-            if real.starts_with(tree) {
-                return None;
-            }
-            stat(&real).map(|(s, t)| (real.to_string(), s, t))
+            (!real.starts_with(tree)).then_some(real)
         })
-        .collect()
+        .collect();
+    crate::fresh::record(real)
 }
 
 #[cfg(test)]

@@ -40,6 +40,20 @@ pub enum Error {
     #[error("no packages given")]
     NoPackages,
 
+    #[error("{0}")]
+    Usage(String),
+
+    #[error(
+        "--objdir `{objdir}` and --dest `{dest}` overlap (the same directory, or one inside the other)"
+    )]
+    Overlap {
+        objdir: Utf8PathBuf,
+        dest: Utf8PathBuf,
+    },
+
+    #[error("`{path}` exists and was not made by extmod for {what}")]
+    NotOurs { path: Utf8PathBuf, what: String },
+
     #[error(
         "Kbuild tree `{0}` cannot make configuration variants (no manifest, Kconfig files or scripts/kconfig/conf)"
     )]
@@ -75,6 +89,9 @@ impl Error {
             Error::NoKconfig(_) => code::NO_KCONFIG,
             Error::Signing { .. } => code::SIGNING,
             Error::CompilerTarget { .. } => code::COMPILER_TARGET,
+            Error::Usage(_) => kbuild_install::exit::USAGE,
+            Error::Overlap { .. } => kbuild_install::exit::DEST_INSIDE_TREE,
+            Error::NotOurs { .. } => kbuild_install::exit::DEST_EXISTS,
         }
     }
 
@@ -90,6 +107,7 @@ impl Error {
             Error::UnknownDependency { .. } => "define that package in the same file, or drop it from `depends`".into(),
             Error::Cycle(_) => "break the cycle: a package cannot depend on itself through others".into(),
             Error::NoPackages => "name CONFIG_ symbols or pass --packages FILE".into(),
+            Error::Usage(_) => "see --help".into(),
             Error::NoKconfig(_) => "make the Kbuild tree with `extmod kbuild-install`, which ships Kconfig and conf".into(),
             Error::CompilerTarget { srcarch, .. } => format!(
                 "put the cross compiler for {srcarch} on PATH (a tree without a manifest takes CROSS_COMPILE from the environment), or use the Kbuild tree of this compiler's kernel"
@@ -97,6 +115,8 @@ impl Error {
             Error::Signing { .. } => {
                 "give the kernel's private key and certificate with --sign-key/--sign-cert (a `pkcs11:` URI works too), or --no-sign".into()
             }
+            Error::Overlap { .. } => "give D and OUT separate directories, e.g. build/obj and build/out".into(),
+            Error::NotOurs { .. } => "extmod replaces only what it made; move it away or choose another directory".into(),
         })
     }
 }

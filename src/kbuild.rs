@@ -61,7 +61,7 @@ impl KbuildTree {
         let kernelrelease = read_opt(&path.join("include/config/kernel.release"))
             .map(|s| s.trim().to_string())
             .ok_or_else(not)?;
-        let manifest = Manifest::load(&path).ok();
+        let manifest = crate::guard::manifest_of(&path, &auto_conf)?;
         let mut layers = vec![path.clone()];
         let kind = if manifest.is_some() {
             Kind::Extmod

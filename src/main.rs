@@ -1,16 +1,26 @@
 //! extmod: build kernel modules for an already-built kernel, one package at a time.
 
+/// `println!` that ends the process conventionally on a closed pipe or a full disk.
+macro_rules! outln {
+    ($($t:tt)*) => { kbuild_install::cli::outln(&format!($($t)*)) };
+}
+
 mod audit;
 mod cache;
 mod cli;
 mod engine;
 mod error;
 mod events;
+mod fresh;
+mod guard;
 mod kbuild;
 mod modinst;
 mod overlay;
 mod package;
+#[cfg(test)]
+mod proptests;
 mod reporter;
+mod runlock;
 mod symbols;
 mod variant;
 mod which;
@@ -104,6 +114,7 @@ fn build(args: &BuildArgs) -> u8 {
             raw: args.raw,
         },
         install_mod_path: args.install_mod_path.clone(),
+        no_wait: args.no_wait,
     };
     let reporter = reporter::Reporter::new(reporter::Mode::detect(args.json));
     let start = std::time::Instant::now();
@@ -143,6 +154,13 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
         Some(s) => Some(SourceTree::open(s)?),
         None => None,
     };
+    // --out is written: never inside K, S or the trees K was made from.
+    kbuild_install::tree::check_path(&kbuild_install::install::absolute(&args.out)?)?;
+    let out = kbuild_install::tree::resolve(&args.out)?;
+    guard::check_outside(
+        &out,
+        &guard::protected(&k, src.as_ref().map(|s| s.path.as_path())),
+    )?;
     let cache = cache::dir("variants");
     let src_path = src.as_ref().map(|s| s.path.as_path());
     if let Some(v) = variant::cached(&k, src_path, &sets, &cache) {
@@ -173,7 +191,7 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
 fn variant_done(v: &variant::Variant, args: &VariantArgs) -> Result<u8, Error> {
     variant::export(v, &args.out)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(v).expect("serializes"));
+        outln!("{}", serde_json::to_string_pretty(v).expect("serializes"));
     } else {
         for line in variant::report_lines(v) {
             eprintln!("{line}");
@@ -223,6 +241,12 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
             }
             all.into_iter().collect()
         };
+        if wanted.is_empty() {
+            eprintln!(
+                "extmod: no module named `{m}` in the kernel's Makefiles (give a name like `dummy` or a path like `drivers/net/dummy.ko`)"
+            );
+            return Ok(code::NO_MODULE);
+        }
         let found: Vec<(String, Vec<String>)> = wanted
             .iter()
             .map(|w| (w.clone(), index.symbols_for(w)))
@@ -232,7 +256,7 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
                 .iter()
                 .map(|(m, s)| serde_json::json!({"module": m, "symbols": s}))
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&doc).expect("serializes")
             );
@@ -242,7 +266,7 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
                     .iter()
                     .map(|s| format!("CONFIG_{s}={}", k.value(s).unwrap_or("n")))
                     .collect();
-                println!(
+                outln!(
                     "{m}: {}",
                     if list.is_empty() {
                         "no symbol found".to_string()
@@ -259,7 +283,9 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
         });
     }
     if args.symbols.is_empty() {
-        return Err(Error::NoPackages);
+        return Err(Error::Usage(
+            "name at least one CONFIG_ symbol, or a module with --module".into(),
+        ));
     }
     let reports: Vec<which::SymbolReport> = args
         .symbols
@@ -267,14 +293,14 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
         .map(|s| which::report(&index, &k, s))
         .collect();
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&reports).expect("serializes")
         );
     } else {
         for r in &reports {
             for l in which::lines(r) {
-                println!("{l}");
+                outln!("{l}");
             }
         }
     }
@@ -293,6 +319,16 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
     kbuild_install::process::install_interrupt_handler();
     let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
     let packages = audit::load(&args.packages)?;
+    // extmod's own package files must be buildable in order (as `build` requires); OpenWrt's
+    // table carries mutual DEPENDS that its build system resolves.
+    let openwrt_table =
+        std::fs::read(&args.packages).is_ok_and(|t| t.starts_with(b"source\tpackage\t"));
+    if !openwrt_table {
+        let deps = packages
+            .iter()
+            .map(|p| (p.name.as_str(), p.depends.as_slice()));
+        guard::check_cycles(deps)?;
+    }
     let modules_dir = args
         .modules
         .clone()
@@ -302,6 +338,13 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
         .as_deref()
         .map(audit::module_deps)
         .unwrap_or_default();
+    if let Some(m) = &args.modules
+        && deps.is_empty()
+    {
+        return Err(Error::Usage(format!(
+            "--modules `{m}` holds no module list (no modules.dep with `module: deps` lines, no .ko files)"
+        )));
+    }
     let findings = audit::audit(
         &audit::Inputs {
             k: &k,
@@ -325,7 +368,7 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
             "summary": summary,
             "findings": findings,
         });
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&doc).expect("serializes")
         );
@@ -337,8 +380,8 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
                 "WARNING"
             };
             match &f.package {
-                Some(p) => println!("{level}: {p}: {}", f.message),
-                None => println!("{level}: {}", f.message),
+                Some(p) => outln!("{level}: {p}: {}", f.message),
+                None => outln!("{level}: {}", f.message),
             }
         }
         eprintln!(
@@ -353,7 +396,7 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
         }
     }
     if let Some(name) = &args.catch_all {
-        print!("{}", audit::catch_all(name, &findings));
+        kbuild_install::cli::out(&audit::catch_all(name, &findings));
     }
     Ok(if errors > 0 { code::AUDIT_ERRORS } else { 0 })
 }
@@ -362,11 +405,11 @@ fn map_cmd(args: &MapArgs) -> Result<u8, Error> {
     let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
     let table = which::map(&index, &k);
     if args.json {
-        println!("{}", serde_json::to_string(&table).expect("serializes"));
+        outln!("{}", serde_json::to_string(&table).expect("serializes"));
     } else {
         for r in &table {
             let mods: Vec<&str> = r.modules.iter().map(|m| m.path.as_str()).collect();
-            println!(
+            outln!(
                 "{}\t{}\t{}",
                 r.symbol,
                 r.base.as_deref().unwrap_or("n"),

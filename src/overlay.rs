@@ -85,7 +85,7 @@ pub fn create(
     module_dirs: &BTreeSet<String>,
 ) -> Result<(), KError> {
     std::fs::create_dir_all(root).map_err(io("create", root))?;
-    fill(root, "", layers, module_dirs)
+    fill(root, "", layers, module_dirs, false)
 }
 
 fn join(rel: &str, name: &str) -> String {
@@ -106,8 +106,9 @@ fn fill(
     rel: &str,
     layers: &Layers,
     module_dirs: &BTreeSet<String>,
+    under_module_dir: bool,
 ) -> Result<(), KError> {
-    let in_module_dir = module_dirs.contains(rel);
+    let in_module_dir = under_module_dir || module_dirs.contains(rel);
     let mut all = BTreeSet::new();
     for l in layers.kbuild {
         if rel.is_empty() || kbuild_allows(layers, rel) {
@@ -130,7 +131,7 @@ fn fill(
             || TRACE_DIRS.contains(&p.as_str());
         if on_path {
             std::fs::create_dir(&out).map_err(io("create", &out))?;
-            fill(&out, &p, layers, module_dirs)?;
+            fill(&out, &p, layers, module_dirs, in_module_dir)?;
             continue;
         }
         let src = layers.src.join(&p);
@@ -139,6 +140,13 @@ fn fill(
             // `.<name>.cmd` beside them): the build writes those, so they must not be links.
             if is_build_output(&name) || exists(&layers.src.join(rel).join(format!(".{name}.cmd")))
             {
+                continue;
+            }
+            // Every directory below a module directory is real too: Kbuild may write objects
+            // into any of them (composite parts in subdirectories), never through a link into S.
+            if src.is_dir() && !src.is_symlink() {
+                std::fs::create_dir(&out).map_err(io("create", &out))?;
+                fill(&out, &p, layers, module_dirs, true)?;
                 continue;
             }
             if exists(&src) {
@@ -175,7 +183,7 @@ fn fill(
             kb[0].clone()
         } else if kb.len() >= 2 {
             std::fs::create_dir(&out).map_err(io("create", &out))?;
-            fill(&out, &p, layers, module_dirs)?;
+            fill(&out, &p, layers, module_dirs, false)?;
             continue;
         } else if layers.kbuild_only.is_some() && src_exists && src.is_dir() {
             // A full object dir and the source both have it (e.g. include/): merge.
@@ -301,9 +309,12 @@ mod tests {
             "build outputs are never linked"
         );
         assert_eq!(link("drivers/net/.dummy.o.cmd"), None);
+        // Below a module directory every directory is real, its files links.
+        assert_eq!(link("drivers/net/wan"), None);
+        assert!(o.join("drivers/net/wan").is_dir());
         assert_eq!(
-            link("drivers/net/wan"),
-            Some(s.join("drivers/net/wan").to_string())
+            link("drivers/net/wan/x.c"),
+            Some(s.join("drivers/net/wan/x.c").to_string())
         );
         assert_eq!(
             link("drivers/base"),

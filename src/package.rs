@@ -110,6 +110,7 @@ pub fn parse(text: &str) -> Result<Vec<Package>, String> {
     let mut out = Vec::new();
     for p in file.package {
         if p.name.is_empty()
+            || p.name.len() > 128
             || p.name.starts_with('.')
             || !p
                 .name
@@ -117,7 +118,7 @@ pub fn parse(text: &str) -> Result<Vec<Package>, String> {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.+".contains(c))
         {
             return Err(format!(
-                "package name `{}` may only hold letters, digits and - _ . + (not starting with .)",
+                "package name `{}` may only hold letters, digits and - _ . + (not starting with ., at most 128 characters)",
                 p.name
             ));
         }

@@ -202,7 +202,7 @@ impl Reporter {
                     "seconds": seconds,
                 }
             });
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string_pretty(&doc).expect("serializes")
             );

@@ -161,7 +161,7 @@ fn base_recomputed(inp: &Inputs, m: &Manifest) -> Result<BTreeMap<String, String
         let config =
             std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
         let tmp = tempfile::Builder::new()
-            .prefix(".base-")
+            .prefix(&format!(".base-{}-", std::process::id()))
             .tempdir_in(inp.cache)
             .map_err(io("create", inp.cache))?;
         let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
@@ -175,7 +175,7 @@ fn base_recomputed(inp: &Inputs, m: &Manifest) -> Result<BTreeMap<String, String
 }
 
 /// `.config` text with the requests applied.
-fn apply(config: &str, sets: &[KconfigReq]) -> String {
+pub(crate) fn apply(config: &str, sets: &[KconfigReq]) -> String {
     let names: BTreeSet<String> = sets.iter().map(|r| r.symbol.clone()).collect();
     let mut out: String = config
         .lines()
@@ -352,11 +352,63 @@ impl Locality {
     }
 }
 
+/// A request's value must be one `.config` value: `y`, `m`, `n`, a number, a plain word, or a
+/// double-quoted string with `\\` escapes; never a line break (which would smuggle a second
+/// setting into the variant's `.config`) or a stray quote.
+pub fn check_request(r: &KconfigReq) -> Result<(), Error> {
+    let Some(v) = r.value.as_deref() else {
+        return Ok(());
+    };
+    let plain = v
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "_+-.,/:@=".contains(c));
+    let quoted = v.len() >= 2
+        && v.starts_with('"')
+        && v.ends_with('"')
+        && !v.chars().any(char::is_control)
+        && {
+            let inner = &v[1..v.len() - 1];
+            let mut esc = false;
+            inner.chars().all(|c| {
+                let ok = esc || c != '"';
+                esc = !esc && c == '\\';
+                ok
+            }) && !esc
+        };
+    if plain || quoted {
+        return Ok(());
+    }
+    Err(Error::PackageFile {
+        path: "--set".into(),
+        why: format!(
+            "CONFIG_{}: value {:?} is not a Kconfig value (y, m, n, a number, a word, or a \"quoted string\" on one line)",
+            r.symbol, v
+        ),
+    })
+}
+
 /// Generate (or reuse) the variant for `sets`.
 pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
+    for r in sets {
+        check_request(r)?;
+    }
     let m = variant_manifest(inp.k)?;
     std::fs::create_dir_all(inp.cache).map_err(io("create", inp.cache))?;
     let (dir, requests, sorted) = location(inp.k, m, inp.src, sets, inp.cache);
+    if let Some(v) = load(&dir) {
+        return Ok(v);
+    }
+    // Temporary directories of runs that were killed.
+    for prefix in [".variant-", ".base-"] {
+        kbuild_install::fsutil::clean_stale(inp.cache, prefix);
+    }
+    // One maker per entry: another run may be making it, or building against it.
+    let _lock = kbuild_install::lock::exclusive(
+        &dir.with_extension("lock"),
+        "extmod making a configuration variant",
+        kbuild_install::lock::Wait::Yes,
+        &mut |_| {},
+    )?;
     if let Some(v) = load(&dir) {
         return Ok(v);
     }
@@ -364,7 +416,7 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     let config =
         std::fs::read_to_string(inp.k.path.join(".config")).map_err(io("read", &inp.k.path))?;
     let tmp = tempfile::Builder::new()
-        .prefix(".variant-")
+        .prefix(&format!(".variant-{}-", std::process::id()))
         .tempdir_in(inp.cache)
         .map_err(io("create", inp.cache))?;
     let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
@@ -498,10 +550,12 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
     for r in &sorted {
         let want = r.value.clone().unwrap_or_else(|| "m".into());
         let got = variant.get(&r.symbol).cloned();
+        // auto.conf holds strings without their quotes.
         let ok = if want == "n" {
             got.is_none()
         } else {
             got.as_deref() == Some(want.as_str())
+                || got.as_deref() == Some(kbuild_install::tree::unquote(&want).as_str())
         };
         if ok {
             continue;
@@ -654,6 +708,43 @@ pub fn report_lines(v: &Variant) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_cannot_smuggle_lines() {
+        let ok = [
+            "m",
+            "y",
+            "n",
+            "0x10",
+            "-3",
+            "lzo-rle",
+            "\"a b\"",
+            "\"q\\\"x\"",
+            "\"\"",
+        ];
+        for v in ok {
+            let r = KconfigReq {
+                symbol: "X".into(),
+                value: Some(v.into()),
+            };
+            assert!(check_request(&r).is_ok(), "{v}");
+        }
+        let bad = [
+            "m\nCONFIG_MODVERSIONS=n",
+            "\"a",
+            "a b",
+            "\"a\"b\"",
+            "\"a\\\"",
+            "x\r",
+        ];
+        for v in bad {
+            let r = KconfigReq {
+                symbol: "X".into(),
+                value: Some(v.into()),
+            };
+            assert_eq!(check_request(&r).unwrap_err().exit_code(), 24, "{v:?}");
+        }
+    }
 
     #[test]
     fn requests_replace_base_lines() {

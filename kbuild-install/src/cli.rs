@@ -103,6 +103,37 @@ pub fn event_line(event: &Event) -> String {
     }
 }
 
+/// Write `text` to standard output and flush. A closed pipe (`| head`) ends the process as the
+/// shell expects (by SIGPIPE, status 141), quietly; any other failure (a full disk) is reported
+/// and ends it with the I/O exit code. Never a panic.
+pub fn out(text: &str) {
+    use std::io::Write;
+    let mut so = std::io::stdout().lock();
+    let r = so.write_all(text.as_bytes()).and_then(|()| so.flush());
+    drop(so);
+    match r {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            // SAFETY: restoring the default action and raising the signal is what a C program
+            // writing to a closed pipe gets.
+            unsafe {
+                libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+                libc::raise(libc::SIGPIPE);
+            }
+            std::process::exit(141);
+        }
+        Err(e) => {
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(i32::from(crate::exit::IO));
+        }
+    }
+}
+
+/// [`out`] with a newline.
+pub fn outln(text: &str) {
+    out(&format!("{text}\n"));
+}
+
 /// `error: <cause>` then `  hint: <hint>` on stderr.
 pub fn print_error(prog: &str, err: &Error) {
     eprintln!("{prog}: error: {err}");
@@ -123,10 +154,7 @@ pub fn run(prog: &str, args: &InstallArgs) -> u8 {
     match crate::install::install(&args.options(), &mut on_event) {
         Ok(manifest) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&manifest).expect("serializes")
-                );
+                outln(&serde_json::to_string_pretty(&manifest).expect("serializes"));
             }
             0
         }

@@ -17,6 +17,8 @@ pub mod exit {
     pub const MISSING_TOOL: u8 = 17;
     pub const SELF_TEST: u8 = 18;
     pub const NOT_KBUILD_TREE: u8 = 19;
+    pub const BAD_PATH: u8 = 25;
+    pub const LOCKED: u8 = 31;
     pub const IO: u8 = 70;
     pub const COMMAND: u8 = 71;
     pub const INTERRUPTED: u8 = 130;
@@ -83,6 +85,22 @@ pub enum Error {
     #[error("`{0}` is not a Kbuild tree (no Makefile, scripts/Makefile.build or Module.symvers)")]
     NotKbuildTree(Utf8PathBuf),
 
+    #[error("path `{path}` contains {what}, which Kbuild and the shell cannot handle")]
+    BadPath { path: Utf8PathBuf, what: String },
+
+    #[error("manifest `{path}` is damaged: {why}")]
+    BadManifest { path: Utf8PathBuf, why: String },
+
+    #[error("`{path}` does not match `{against}`: {why}")]
+    ConfigMismatch {
+        path: Utf8PathBuf,
+        against: Utf8PathBuf,
+        why: String,
+    },
+
+    #[error("`{path}` is in use by another run ({holder})")]
+    Locked { path: Utf8PathBuf, holder: String },
+
     #[error("`{command}` failed ({status}){}", stderr_tail(.stderr))]
     Command {
         command: String,
@@ -142,7 +160,10 @@ impl Error {
             Error::MissingTool { .. } => MISSING_TOOL,
             Error::BadMakeVar { .. } => USAGE,
             Error::SelfTest { .. } => SELF_TEST,
-            Error::NotKbuildTree(_) => NOT_KBUILD_TREE,
+            Error::NotKbuildTree(_) | Error::BadManifest { .. } => NOT_KBUILD_TREE,
+            Error::ConfigMismatch { .. } => NOT_CONFIGURED,
+            Error::BadPath { .. } => BAD_PATH,
+            Error::Locked { .. } => LOCKED,
             Error::Command { .. } => COMMAND,
             Error::Io { .. } => IO,
             Error::Interrupted => INTERRUPTED,
@@ -191,6 +212,18 @@ impl Error {
             }
             Error::NotKbuildTree(_) => {
                 "pass a tree made by `extmod kbuild-install`, install-extmod-build, a linux-headers package, or a built object dir".into()
+            }
+            Error::BadPath { .. } => {
+                "Kbuild splits make variables on spaces, treats `:` and `%` as rule syntax, and passes paths to the shell; use a path without them".into()
+            }
+            Error::BadManifest { .. } => {
+                "the tree was changed after `extmod kbuild-install` made it; make it again (`--force` replaces it)".into()
+            }
+            Error::ConfigMismatch { .. } => {
+                "the configuration was edited or truncated after the kernel was built; restore it or rebuild the kernel (and the Kbuild tree)".into()
+            }
+            Error::Locked { .. } => {
+                "wait for the other run to finish, or run without --no-wait to wait for it".into()
             }
             Error::Command { .. } => "see the command's output above".into(),
             Error::Io { .. } => "check the path, its permissions and free disk space".into(),

@@ -64,6 +64,10 @@ enum Origin {
 
 /// Install a Kbuild tree; returns its manifest.
 pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manifest> {
+    // Every path reaches make and Kbuild's shell recipes: refuse what they would misread.
+    for p in [&opts.srctree, &opts.objtree, &opts.dest] {
+        crate::tree::check_path(&absolute(p)?)?;
+    }
     let src = SourceTree::open(&opts.srctree)?;
     let obj = ObjTree::open(&opts.objtree)?;
     obj.check_matches(&src)?;
@@ -74,6 +78,11 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     check_make_vars(&obj, &opts.make_vars)?;
     let dest = absolute(&opts.dest)?;
     let (parent, name) = check_dest(&dest, &src, &obj, opts.force)?;
+    crate::tree::check_path(&parent.join(&name))?;
+    // Temporary siblings of a run that was killed.
+    for what in ["kbuild-install", "old"] {
+        crate::fsutil::clean_stale(&parent, &format!(".{name}.{what}-"));
+    }
     on_event(Event::Checked {
         kernelrelease: obj.kernelrelease.clone(),
         srcarch: obj.srcarch().to_string(),
@@ -84,7 +93,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     on_event(Event::Collected { files: files.len() });
 
     let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}.kbuild-install-"))
+        .prefix(&crate::fsutil::temp_prefix(&name, "kbuild-install"))
         .tempdir_in(&parent)
         .map_err(|e| Error::DestNotWritable {
             path: parent.clone(),
@@ -131,6 +140,10 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     }
 
     check_interrupted()?;
+    // Builds against DEST hold a shared lock on the directory: replace it only when none does.
+    let _lock = crate::lock::tree(&dest, true, crate::lock::Wait::Yes, &mut |holder| {
+        eprintln!("{:>12} for `{dest}`: in use by {holder}", "Waiting")
+    })?;
     // DEST may have changed while the tree was made and tested: check again before replacing.
     if dest.symlink_metadata().is_ok() && !(opts.force && replaceable(&dest)) {
         return Err(if opts.force {
@@ -218,9 +231,19 @@ fn check_dest(
     Ok((parent, name))
 }
 
-/// Whether `--force` may replace `dir`: a tree kbuild-install made, or an empty directory.
+/// Whether `--force` may replace `dir`: a tree kbuild-install made (a manifest that parses and
+/// names kbuild-install, beside a Kbuild Makefile), or an empty directory. A file that is merely
+/// named like the manifest does not make a directory ours.
 fn replaceable(dir: &Utf8Path) -> bool {
-    dir.join(MANIFEST).is_file() || fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+    if dir.is_symlink() || !dir.is_dir() {
+        return false;
+    }
+    if fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
+        return true;
+    }
+    dir.join(MANIFEST).is_file()
+        && dir.join("scripts/Makefile.build").is_file()
+        && Manifest::load(dir).is_ok_and(|m| m.made_from.tool.starts_with("kbuild-install "))
 }
 
 /// Files below `scripts/` that install-extmod-build ships (its `find_in_scripts`).

@@ -43,8 +43,21 @@ pub fn run_conf(
     let conf = tree.join("scripts/kconfig/conf");
     let mut expr =
         duct::cmd(conf.as_str(), [format!("--{mode}"), "Kconfig".to_string()]).dir(&out.dir);
+    // The recorded environment names the original source tree (`srctree`): the tree itself is
+    // self-sufficient, so the tree replaces it (with duct the first setting of a variable wins,
+    // so these keys are not passed from the record). ARCH and KERNELVERSION as recorded win
+    // over the manifest's (Kconfig saw `ARCH=x86_64`, not `x86`).
+    const OURS: &[&str] = &[
+        "srctree",
+        "KCONFIG_CONFIG",
+        "KCONFIG_AUTOCONFIG",
+        "KCONFIG_AUTOHEADER",
+        "KCONFIG_RUSTCCFG",
+    ];
     for (k, v) in &manifest.toolchain_env {
-        expr = expr.env(k, v);
+        if !OURS.contains(&k.as_str()) {
+            expr = expr.env(k, v);
+        }
     }
     expr = expr
         .env("srctree", tree.as_str())

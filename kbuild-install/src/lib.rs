@@ -12,8 +12,10 @@ pub mod error;
 pub mod fsutil;
 pub mod install;
 pub mod kconfig;
+pub mod lock;
 pub mod manifest;
 pub mod process;
+pub mod sandbox;
 pub mod selftest;
 pub mod tree;
 

@@ -54,10 +54,22 @@ pub fn check_interrupted() -> Result<()> {
     }
 }
 
-/// Put the child in a process group of its own.
+/// Put the child in a process group of its own, with stdin from /dev/null, and have the kernel
+/// send it SIGTERM when extmod dies (even by SIGKILL), so no make outlives its parent.
 pub fn own_group(expr: duct::Expression) -> duct::Expression {
-    expr.before_spawn(|cmd| {
+    expr.stdin_null().before_spawn(|cmd| {
         cmd.process_group(0);
+        // SAFETY: prctl and getppid are async-signal-safe; nothing is allocated after fork.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The parent may have died between fork and prctl.
+                if libc::getppid() == 1 {
+                    libc::_exit(130);
+                }
+                Ok(())
+            });
+        }
         Ok(())
     })
 }
@@ -178,6 +190,17 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("`sh boom` failed"), "{text}");
         assert!(text.contains("boom"), "{text}");
+    }
+
+    #[test]
+    fn child_reads_dev_null_not_our_stdin() {
+        let fin = run(
+            duct::cmd!("sh", "-c", "cat; readlink /proc/self/fd/0"),
+            "sh",
+            false,
+        )
+        .unwrap();
+        assert_eq!(fin.stdout.trim(), "/dev/null");
     }
 
     #[test]

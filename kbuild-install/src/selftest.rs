@@ -51,6 +51,8 @@ pub fn make_expr(program: &str, args: &[String]) -> duct::Expression {
         "M",
         "MO",
         "KCONFIG_CONFIG",
+        // A makefile injected into every make.
+        "MAKEFILES",
     ] {
         e = e.env_remove(var);
     }
@@ -63,10 +65,17 @@ pub fn verify(tree: &Utf8Path, manifest: &Manifest) -> Result<String> {
         dest: tree.to_owned(),
         why,
     };
+    // The module directory is passed to make as M=: a TMPDIR Kbuild cannot take is not used.
+    let base = Utf8PathBuf::from_path_buf(std::env::temp_dir())
+        .ok()
+        .filter(|t| crate::tree::check_path(t).is_ok())
+        .unwrap_or_else(|| Utf8PathBuf::from("/tmp"));
+    // Left by a self-test whose run was killed.
+    crate::fsutil::clean_stale(&base, "kbuild-install-selftest-");
     let dir = tempfile::Builder::new()
-        .prefix("kbuild-install-selftest-")
-        .tempdir()
-        .map_err(|e| Error::io("create", std::env::temp_dir().to_string_lossy().as_ref(), e))?;
+        .prefix(&format!("kbuild-install-selftest-{}-", std::process::id()))
+        .tempdir_in(&base)
+        .map_err(|e| Error::io("create", &base, e))?;
     let m = Utf8PathBuf::from_path_buf(dir.path().to_path_buf())
         .map_err(|_| fail("temporary directory path is not UTF-8".into()))?;
     for (name, text) in [
@@ -78,7 +87,18 @@ pub fn verify(tree: &Utf8Path, manifest: &Manifest) -> Result<String> {
     }
     let (prog, args) = make_command(tree, manifest, &m, &["modules"]);
     let what = process::display(&prog, &args);
-    process::run(make_expr(&prog, &args), &what, false).map_err(|e| match e {
+    // A make above us (a recipe line) must not hand its flags, level or jobserver to this one.
+    let mut expr = make_expr(&prog, &args);
+    for var in [
+        "MAKEFLAGS",
+        "MFLAGS",
+        "MAKELEVEL",
+        "GNUMAKEFLAGS",
+        "MAKEOVERRIDES",
+    ] {
+        expr = expr.env_remove(var);
+    }
+    process::run(expr, &what, false).map_err(|e| match e {
         Error::Interrupted => e,
         other => fail(other.to_string()),
     })?;

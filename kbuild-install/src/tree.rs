@@ -45,6 +45,106 @@ pub fn resolve(path: &Utf8Path) -> Result<Utf8PathBuf> {
     Ok(resolved)
 }
 
+/// Reject paths that Kbuild or the shell cannot take safely: make splits variables on
+/// whitespace, treats `:` and `%` as rule syntax and `#` as a comment, and Kbuild's recipes pass
+/// paths to the shell, where `$`, quotes and backslashes would be interpreted.
+pub fn check_path(path: &Utf8Path) -> Result<()> {
+    let s = path.as_str();
+    let what = if s.contains(char::is_whitespace) {
+        "whitespace"
+    } else if s.contains(':') {
+        "`:`"
+    } else if s.contains('%') {
+        "`%`"
+    } else if s.contains([
+        '#', '$', '\'', '"', '\\', '`', ';', '&', '|', '<', '>', '(', ')', '*', '?', '[', ']', '{',
+        '}', '~', '!', '^',
+    ]) {
+        "shell or make metacharacters"
+    } else if s.chars().any(char::is_control) {
+        "control characters"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadPath {
+        path: path.to_owned(),
+        what: what.into(),
+    })
+}
+
+/// Check that `.config` and `include/config/auto.conf` agree: every line of auto.conf is
+/// `CONFIG_X=value` and every such value is in `.config`. A truncated or edited `.config`, or a
+/// damaged auto.conf, fails here instead of deep inside make.
+pub fn check_config_pair(dot_config: &str, auto_conf: &str) -> std::result::Result<(), String> {
+    let config: std::collections::HashMap<&str, &str> = dot_config
+        .lines()
+        .filter_map(|l| l.strip_prefix("CONFIG_")?.split_once('='))
+        .collect();
+    if config.is_empty() {
+        return Err(".config sets no CONFIG_ symbol (empty or truncated)".into());
+    }
+    let mut symbols = 0;
+    for (n, line) in auto_conf.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') {
+            continue;
+        }
+        let Some((sym, value)) = t.strip_prefix("CONFIG_").and_then(|r| r.split_once('=')) else {
+            return Err(format!(
+                "auto.conf line {} is not `CONFIG_X=value`: `{}`",
+                n + 1,
+                t.chars().take(60).collect::<String>()
+            ));
+        };
+        if sym.is_empty() || !sym.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("auto.conf line {} names no symbol", n + 1));
+        }
+        symbols += 1;
+        match config.get(sym) {
+            // auto.conf writes strings without quotes (since 5.x), .config with them.
+            Some(v)
+                if *v == value
+                    || unquote(v) == value
+                    || v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) == Some(value) => {}
+            Some(v) => {
+                return Err(format!(
+                    "CONFIG_{sym} is {value} in auto.conf but {v} in .config"
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "CONFIG_{sym}={value} of auto.conf is missing from .config (truncated or edited)"
+                ));
+            }
+        }
+    }
+    if symbols == 0 {
+        return Err("auto.conf sets no CONFIG_ symbol (empty or truncated)".into());
+    }
+    Ok(())
+}
+
+/// A Kconfig string value without its quotes and escapes (`"a\\"b"` → `a"b`); other values
+/// as they are.
+pub fn unquote(v: &str) -> String {
+    match v.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        Some(inner) => {
+            let mut out = String::new();
+            let mut esc = false;
+            for c in inner.chars() {
+                if esc || c != '\\' {
+                    out.push(c);
+                    esc = false;
+                } else {
+                    esc = true;
+                }
+            }
+            out
+        }
+        None => v.to_string(),
+    }
+}
+
 /// A kernel source tree.
 #[derive(Debug, Clone)]
 pub struct SourceTree {
@@ -59,8 +159,16 @@ impl SourceTree {
             path: path.to_owned(),
             why: why.to_string(),
         };
-        if !path.is_dir() {
-            return Err(not("not a directory"));
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(not("it does not exist"));
+            }
+            Err(e) => return Err(not(&format!("cannot read it: {e}"))),
+            Ok(m) if !m.is_dir() => return Err(not("not a directory")),
+            Ok(_) => {}
+        }
+        if let Err(e) = std::fs::read_dir(path) {
+            return Err(not(&format!("cannot list it: {e}")));
         }
         let path = canonical(path)?;
         for f in ["Kconfig", "scripts/Makefile.build", "scripts/kconfig"] {
@@ -143,6 +251,15 @@ impl ObjTree {
             .trim()
             .to_string();
         let conf_cmd = AutoConfCmd::parse(&read(&path.join("include/config/auto.conf.cmd"))?);
+        check_config_pair(
+            &read(&path.join(".config"))?,
+            &read(&path.join("include/config/auto.conf"))?,
+        )
+        .map_err(|why| Error::ConfigMismatch {
+            path: path.join(".config"),
+            against: path.join("include/config/auto.conf"),
+            why,
+        })?;
         Ok(ObjTree {
             path,
             kernelrelease,
@@ -280,6 +397,37 @@ pub fn llvm_of(cc: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_pair_catches_truncation_and_garbage() {
+        let cfg = "# c\nCONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\n";
+        assert!(check_config_pair(cfg, "CONFIG_A=y\nCONFIG_B=m\n").is_ok());
+        let e = check_config_pair("CONFIG_A=y\n", "CONFIG_A=y\nCONFIG_B=m\n").unwrap_err();
+        assert!(e.contains("CONFIG_B=m"), "{e}");
+        assert!(check_config_pair("", "CONFIG_A=y\n").is_err());
+        assert!(check_config_pair(cfg, "CONFIG_A=y\n%garbage\n").is_err());
+        assert!(check_config_pair(cfg, "CONFIG_A=m\n").is_err());
+        assert!(check_config_pair(cfg, "").is_err());
+        let strings = "CONFIG_A=y\nCONFIG_S=\"x y\"\nCONFIG_E=\"\"\n";
+        assert!(check_config_pair(strings, "CONFIG_A=y\nCONFIG_S=x y\nCONFIG_E=\n").is_ok());
+        assert_eq!(unquote("\"a\\\"b\""), "a\"b");
+    }
+
+    #[test]
+    fn paths_with_shell_syntax_are_refused() {
+        for bad in [
+            "/tmp/k$(date)",
+            "/a b",
+            "/a:b",
+            "/a%b",
+            "/a`x`",
+            "/a;b",
+            "/a\nb",
+        ] {
+            assert!(check_path(bad.into()).is_err(), "{bad}");
+        }
+        assert!(check_path("/tmp/x-y_z.1/+,=@".into()).is_ok());
+    }
 
     #[test]
     fn kernelversion_from_makefile() {
