@@ -7,7 +7,9 @@ mod engine;
 mod error;
 mod events;
 mod kbuild;
+mod kbuild_eval;
 mod modinst;
+mod modmap;
 mod overlay;
 mod package;
 mod reporter;
@@ -201,23 +203,26 @@ fn open_index(
 }
 
 fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
-    let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
+    let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
+    let ev = modmap::evaluator(&k, &src.path);
     if let Some(m) = &args.module {
+        let kmap = modmap::full(&index, &ev);
         let wanted: Vec<String> = if m.ends_with(".ko") {
             vec![m.clone()]
         } else {
             let name = m.replace('-', "_");
             let mut all = std::collections::BTreeSet::new();
-            for s in index.tristates() {
-                for p in index.modules(s) {
+            for s in kmap.syms.values() {
+                for p in &s.modules {
                     let base = p
+                        .path
                         .rsplit('/')
                         .next()
-                        .unwrap_or(&p)
+                        .unwrap_or(&p.path)
                         .trim_end_matches(".ko")
                         .replace('-', "_");
                     if base == name {
-                        all.insert(p);
+                        all.insert(p.path.clone());
                     }
                 }
             }
@@ -225,7 +230,15 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
         };
         let found: Vec<(String, Vec<String>)> = wanted
             .iter()
-            .map(|w| (w.clone(), index.symbols_for(w)))
+            .map(|w| {
+                let syms = kmap
+                    .syms
+                    .iter()
+                    .filter(|(_, s)| s.modules.iter().any(|x| &x.path == w))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                (w.clone(), syms)
+            })
             .collect();
         if args.json {
             let doc: Vec<_> = found
@@ -261,10 +274,11 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
     if args.symbols.is_empty() {
         return Err(Error::NoPackages);
     }
+    let kmap = modmap::for_symbols(&index, &ev, &args.symbols);
     let reports: Vec<which::SymbolReport> = args
         .symbols
         .iter()
-        .map(|s| which::report(&index, &k, s))
+        .map(|s| which::report(&index, &kmap, &k, s))
         .collect();
     if args.json {
         println!(
@@ -359,13 +373,17 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
 }
 
 fn map_cmd(args: &MapArgs) -> Result<u8, Error> {
-    let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
-    let table = which::map(&index, &k);
+    let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
+    let kmap = modmap::full(&index, &modmap::evaluator(&k, &src.path));
+    for (dir, why) in kmap.base.errors() {
+        eprintln!("warning: make could not evaluate {dir}: {why}");
+    }
+    let table = which::map(&index, &kmap, &k);
     if args.json {
         println!("{}", serde_json::to_string(&table).expect("serializes"));
     } else {
         for r in &table {
-            let mods: Vec<&str> = r.modules.iter().map(|m| m.path.as_str()).collect();
+            let mods: Vec<&str> = r.modules.iter().map(|m| m.module.path.as_str()).collect();
             println!(
                 "{}\t{}\t{}",
                 r.symbol,

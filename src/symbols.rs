@@ -81,6 +81,10 @@ pub struct Index {
     sym_dirs: BTreeMap<String, BTreeSet<String>>,
     /// Composite objects per `dir/name`: (object, `Some(symbol)` when conditional on it).
     parts: BTreeMap<String, Vec<(String, Option<String>)>>,
+    /// Directories whose Makefiles mention each symbol anywhere (`CONFIG_X`): the candidates that
+    /// Kbuild's evaluation (`kbuild_eval`) is asked about.
+    #[serde(default)]
+    mentions: BTreeMap<String, BTreeSet<String>>,
     /// The Kconfig files and Makefiles read, with their modification times (ns), to tell when a
     /// cached index is stale.
     inputs: Vec<(String, i128)>,
@@ -284,6 +288,18 @@ impl Index {
                 }
                 continue;
             }
+            static MENTION: LazyLock<Regex> =
+                LazyLock::new(|| Regex::new(r"CONFIG_([A-Za-z0-9_]+)").unwrap());
+            for c in MENTION.captures_iter(&text) {
+                idx.mentions
+                    .entry(c[1].to_string())
+                    .or_default()
+                    .insert(if rel_dir.is_empty() {
+                        ".".to_string()
+                    } else {
+                        rel_dir.clone()
+                    });
+            }
             let mut depth = 0usize;
             for line in joined_lines(&text) {
                 let line = line.split('#').next().unwrap_or("");
@@ -357,6 +373,31 @@ impl Index {
             }
         }
         idx
+    }
+
+    /// Directories whose Makefiles mention `CONFIG_<sym>`.
+    pub fn mentions(&self, sym: &str) -> impl Iterator<Item = &String> {
+        self.mentions.get(sym).into_iter().flatten()
+    }
+
+    /// Symbols mentioned by the Makefiles of `dir`.
+    pub fn mentioned_in(&self, dir: &str) -> Vec<&String> {
+        self.mentions
+            .iter()
+            .filter(|(_, dirs)| dirs.contains(dir))
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// A digest of the files the index was built from (names and modification times).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (p, t) in &self.inputs {
+            h.update(p.as_bytes());
+            h.update(t.to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
     }
 
     pub fn sym_type(&self, sym: &str) -> Option<SymType> {

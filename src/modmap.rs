@@ -1,0 +1,365 @@
+//! Which modules a symbol builds, as Kbuild computes it. The text index (`symbols`) only names
+//! the candidate directories (those whose Makefiles mention `CONFIG_X`); make evaluates each of
+//! them with the symbol set to `m` and to `n` on top of the configuration, and the modules that
+//! appear only with `m` are the symbol's. A subdirectory that `m` makes Kbuild enter contributes
+//! the modules its own symbols do not gate (`obj-m += foo.o` inside `obj-$(CONFIG_X) += sub/`).
+
+use crate::kbuild_eval::{DirEval, Evaluator, Job, Module, TreeEval};
+use crate::symbols::{Index, SymType};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SymbolModules {
+    pub modules: Vec<Module>,
+    /// Candidate directories make could not evaluate, with make's message.
+    pub errors: Vec<(String, String)>,
+}
+
+fn module_paths(e: &DirEval) -> BTreeSet<&str> {
+    e.modules.iter().map(|m| m.path.as_str()).collect()
+}
+
+fn subdirs(e: &DirEval) -> BTreeSet<&String> {
+    e.subdirs_y.iter().chain(&e.subdirs_m).collect()
+}
+
+/// The modules of each tristate symbol in `syms` (without `CONFIG_`), evaluated under `ev`'s
+/// configuration; `base` is the walk of that configuration (its directories are reused).
+///
+/// Per candidate directory, make evaluates it with all the requested symbols that its Makefiles
+/// mention set to `m`, and with all of them unset: the modules and subdirectories that differ
+/// belong to those symbols. A module is given to the symbols whose own Makefile lines name it;
+/// where the text names none (computed names) and for subdirectories, make evaluates the
+/// directory once per symbol.
+pub fn modules_of(
+    index: &Index,
+    ev: &Evaluator,
+    base: &TreeEval,
+    syms: &[String],
+) -> BTreeMap<String, SymbolModules> {
+    let trace = std::env::var_os("EXTMOD_EVAL_TRACE").is_some();
+    let tristate = |s: &str| index.sym_type(s) == Some(SymType::Tristate);
+    let mut out: BTreeMap<String, SymbolModules> = syms
+        .iter()
+        .map(|s| (s.clone(), SymbolModules::default()))
+        .collect();
+    // Directory -> requested symbols its Makefiles mention; and every tristate it mentions.
+    let mut by_dir: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for s in syms.iter().filter(|s| tristate(s)) {
+        for d in index.mentions(s) {
+            by_dir.entry(d.as_str()).or_default().push(s.as_str());
+        }
+    }
+    let mut own: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut own_tristates = |d: &str| -> Vec<String> {
+        own.entry(d.to_string())
+            .or_insert_with(|| {
+                index
+                    .mentioned_in(d)
+                    .into_iter()
+                    .filter(|x| tristate(x))
+                    .cloned()
+                    .collect()
+            })
+            .clone()
+    };
+    let all_to = |list: &[&str], v: Option<&str>| -> Vec<(String, Option<String>)> {
+        list.iter()
+            .map(|s| (s.to_string(), v.map(str::to_string)))
+            .collect()
+    };
+    // Round 1: all on, all off.
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut slots: Vec<(&str, Option<usize>, Option<usize>)> = Vec::new();
+    for (d, list) in &by_dir {
+        let reached = base.dirs.contains_key(*d);
+        let same = |v: Option<&str>| {
+            reached
+                && list
+                    .iter()
+                    .all(|s| ev.config.get(*s).map(String::as_str) == v)
+        };
+        let mut slot = |v: Option<&str>| {
+            (!same(v)).then(|| {
+                jobs.push(Job {
+                    dir: d.to_string(),
+                    flips: all_to(list, v),
+                });
+                jobs.len() - 1
+            })
+        };
+        let on = slot(Some("m"));
+        let off = slot(None);
+        slots.push((d, on, off));
+    }
+    let t0 = std::time::Instant::now();
+    let evals = ev.eval(&jobs);
+    if trace {
+        eprintln!("eval round 1: {} jobs in {:?}", jobs.len(), t0.elapsed());
+    }
+    let get = |i: Option<usize>, d: &str| -> Option<&DirEval> {
+        match i {
+            Some(i) => evals.get(i),
+            None => base.dirs.get(d),
+        }
+    };
+    let mut named: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Round 2 jobs: (symbol, directory) evaluated alone.
+    let mut single: BTreeSet<(String, String)> = BTreeSet::new();
+    for (d, on, off) in &slots {
+        let list = &by_dir[d];
+        let (Some(on_e), Some(off_e)) = (get(*on, d), get(*off, d)) else {
+            continue;
+        };
+        for e in [on_e, off_e] {
+            if let Some(err) = &e.error {
+                for s in list {
+                    let entry = out.get_mut(*s).expect("requested");
+                    if !entry.errors.iter().any(|(x, _)| x == d) {
+                        entry.errors.push((d.to_string(), err.clone()));
+                    }
+                }
+            }
+        }
+        let off_mods = module_paths(off_e);
+        let base_mods = base.dirs.get(*d).map(module_paths);
+        for m in on_e
+            .modules
+            .iter()
+            .filter(|m| !off_mods.contains(m.path.as_str()))
+        {
+            let owners: Vec<&str> = list
+                .iter()
+                .filter(|s| {
+                    named
+                        .entry(s)
+                        .or_insert_with(|| index.modules(s))
+                        .contains(&m.path)
+                })
+                .copied()
+                .collect();
+            if owners.is_empty() {
+                for s in list {
+                    single.insert((s.to_string(), d.to_string()));
+                }
+            }
+            for s in owners {
+                // A symbol that is =m in the configuration builds only what the configuration
+                // builds in this directory.
+                let base_m = ev.config.get(s).map(String::as_str) == Some("m");
+                if base_m
+                    && let Some(b) = &base_mods
+                    && !b.contains(m.path.as_str())
+                {
+                    continue;
+                }
+                out.get_mut(s).expect("requested").push(m);
+            }
+        }
+        let off_subs = subdirs(off_e);
+        for sub in subdirs(on_e).into_iter().filter(|s| !off_subs.contains(s)) {
+            let gate: Vec<String> = index
+                .gates(sub)
+                .last()
+                .filter(|g| g.dir == *sub)
+                .map(|g| g.symbols.clone())
+                .unwrap_or_default();
+            let via: Vec<&&str> = list
+                .iter()
+                .filter(|s| gate.iter().any(|g| g == **s))
+                .collect();
+            if via.is_empty() {
+                for s in list {
+                    single.insert((s.to_string(), d.to_string()));
+                }
+            } else {
+                for s in via {
+                    single.insert((s.to_string(), d.to_string()));
+                }
+            }
+        }
+    }
+    // Round 2: one symbol set to m and unset, everything else as configured.
+    let mut jobs2: Vec<Job> = Vec::new();
+    let mut want2: Vec<(String, String, Option<usize>, Option<usize>)> = Vec::new();
+    for (s, d) in &single {
+        let reached = base.dirs.contains_key(d);
+        let mut slot = |v: Option<&str>| {
+            (!(reached && ev.config.get(s).map(String::as_str) == v)).then(|| {
+                jobs2.push(Job {
+                    dir: d.clone(),
+                    flips: vec![(s.clone(), v.map(str::to_string))],
+                });
+                jobs2.len() - 1
+            })
+        };
+        let on = slot(Some("m"));
+        let off = slot(None);
+        want2.push((s.clone(), d.clone(), on, off));
+    }
+    let t0 = std::time::Instant::now();
+    let evals2 = ev.eval(&jobs2);
+    if trace {
+        eprintln!("eval round 2: {} jobs in {:?}", jobs2.len(), t0.elapsed());
+    }
+    let get2 = |i: Option<usize>, d: &str| -> Option<&DirEval> {
+        match i {
+            Some(i) => evals2.get(i),
+            None => base.dirs.get(d),
+        }
+    };
+    // Round 3: subdirectories a symbol makes Kbuild enter, with their own symbols off.
+    let mut jobs3: Vec<Job> = Vec::new();
+    let mut want3: Vec<(String, usize)> = Vec::new();
+    for (s, d, on, off) in &want2 {
+        let (Some(one), Some(off_e)) = (get2(*on, d), get2(*off, d)) else {
+            continue;
+        };
+        let off_mods = module_paths(off_e);
+        for m in one
+            .modules
+            .iter()
+            .filter(|m| !off_mods.contains(m.path.as_str()))
+        {
+            out.get_mut(s).expect("requested").push(m);
+        }
+        let off_subs = subdirs(off_e);
+        for sub in subdirs(one) {
+            if off_subs.contains(sub) || by_dir.contains_key(sub.as_str()) {
+                continue;
+            }
+            let mut flips: Vec<(String, Option<String>)> = own_tristates(sub)
+                .into_iter()
+                .filter(|x| x != s)
+                .map(|x| (x, None))
+                .collect();
+            flips.push((s.clone(), Some("m".into())));
+            jobs3.push(Job {
+                dir: sub.clone(),
+                flips,
+            });
+            want3.push((s.clone(), jobs3.len() - 1));
+        }
+    }
+    let evals3 = ev.eval(&jobs3);
+    if trace {
+        eprintln!("eval round 3: {} jobs", jobs3.len());
+    }
+    for (s, i) in want3 {
+        let e = &evals3[i];
+        let entry = out.get_mut(&s).expect("requested");
+        if let Some(err) = &e.error {
+            entry.errors.push((e.dir.clone(), err.clone()));
+        }
+        for m in &e.modules {
+            entry.push(m);
+        }
+    }
+    for v in out.values_mut() {
+        v.modules.sort_by(|a, b| a.path.cmp(&b.path));
+        v.modules.dedup_by(|a, b| a.path == b.path);
+    }
+    out
+}
+
+impl SymbolModules {
+    fn push(&mut self, m: &Module) {
+        if !self.modules.iter().any(|x| x.path == m.path) {
+            self.modules.push(m.clone());
+        }
+    }
+}
+
+/// The base configuration's walk and the modules of the symbols asked about.
+pub struct Kmap {
+    pub base: TreeEval,
+    pub syms: BTreeMap<String, SymbolModules>,
+}
+
+impl Kmap {
+    pub fn modules(&self, sym: &str) -> &[Module] {
+        self.syms
+            .get(sym.strip_prefix("CONFIG_").unwrap_or(sym))
+            .map_or(&[], |s| s.modules.as_slice())
+    }
+    pub fn paths(&self, sym: &str) -> Vec<String> {
+        self.modules(sym).iter().map(|m| m.path.clone()).collect()
+    }
+    /// The objects of a module the base configuration builds, or of one a symbol asked about.
+    pub fn objects(&self, module: &str) -> Option<&[String]> {
+        self.base
+            .modules()
+            .chain(self.syms.values().flat_map(|s| s.modules.iter()))
+            .find(|m| m.path == module)
+            .map(|m| m.objects.as_slice())
+    }
+}
+
+/// The evaluator for K's base configuration, reading the Makefiles of `srctree`.
+pub fn evaluator(k: &crate::kbuild::KbuildTree, srctree: &camino::Utf8Path) -> Evaluator {
+    Evaluator {
+        srctree: srctree.to_owned(),
+        srcarch: k.srcarch.clone(),
+        make_vars: k.make_vars.clone(),
+        config: kbuild_install::config::parse(&k.auto_conf),
+    }
+}
+
+fn key(index: &Index, ev: &Evaluator) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        ev.srctree.as_str(),
+        &ev.srcarch,
+        &ev.make_vars.join(" "),
+        &kbuild_install::config::render(&ev.config),
+        &index.digest(),
+        env!("CARGO_PKG_VERSION"),
+        "map-1",
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("{:x}", h.finalize())[..20].to_string()
+}
+
+/// The map of every tristate symbol (cached by configuration and Makefile state).
+pub fn full(index: &Index, ev: &Evaluator) -> Kmap {
+    let cache = crate::cache::dir("kbuild-eval");
+    let base = crate::kbuild_eval::cached_walk(ev, &index.digest(), &cache);
+    let path = cache.join(format!("map-{}.json", key(index, ev)));
+    if let Ok(data) = std::fs::read(&path)
+        && let Ok(syms) = serde_json::from_slice::<BTreeMap<String, SymbolModules>>(&data)
+    {
+        return Kmap { base, syms };
+    }
+    let all: Vec<String> = index.tristates().cloned().collect();
+    let syms = modules_of(index, ev, &base, &all);
+    if std::fs::create_dir_all(&cache).is_ok()
+        && let Ok(tmp) = tempfile::NamedTempFile::new_in(&cache)
+        && serde_json::to_writer(std::io::BufWriter::new(tmp.as_file()), &syms).is_ok()
+    {
+        let _ = tmp.persist(&path);
+    }
+    Kmap { base, syms }
+}
+
+/// The map of some symbols: from the full map when it is cached, else evaluated for them alone.
+pub fn for_symbols(index: &Index, ev: &Evaluator, syms: &[String]) -> Kmap {
+    let cache = crate::cache::dir("kbuild-eval");
+    let base = crate::kbuild_eval::cached_walk(ev, &index.digest(), &cache);
+    let path = cache.join(format!("map-{}.json", key(index, ev)));
+    let syms: Vec<String> = syms
+        .iter()
+        .map(|s| s.strip_prefix("CONFIG_").unwrap_or(s).to_string())
+        .collect();
+    if let Ok(data) = std::fs::read(&path)
+        && let Ok(mut all) = serde_json::from_slice::<BTreeMap<String, SymbolModules>>(&data)
+    {
+        all.retain(|s, _| syms.contains(s));
+        return Kmap { base, syms: all };
+    }
+    let map = modules_of(index, ev, &base, &syms);
+    Kmap { base, syms: map }
+}
