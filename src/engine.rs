@@ -106,6 +106,14 @@ impl Ctx {
             Index::cached(&self.src.path, &self.k.srcarch, &crate::cache::dir("index"))
         })
     }
+    /// Kbuild's answer for the modules of `syms` (and the base build's modules).
+    fn kmap(&self, syms: &[String]) -> crate::modmap::Kmap {
+        crate::modmap::for_symbols(
+            self.index(),
+            &crate::modmap::evaluator(&self.k, &self.src.path),
+            syms,
+        )
+    }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)
     }
@@ -408,18 +416,11 @@ fn plan(
             })
             .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
             .collect();
-        let mods: BTreeSet<String> = module_syms
-            .iter()
-            .flat_map(|s| index.modules(s))
-            .chain(pkg.files.iter().cloned())
-            .collect();
-        let mods: Vec<String> = mods.into_iter().collect();
         let v = crate::variant::generate(
             &crate::variant::Inputs {
                 k: &ctx.k,
                 src: Some(&ctx.src.path),
                 index: Some(index),
-                modules: &mods,
                 // A dry run writes nothing into D: its variants go to the user's cache.
                 cache: &if ctx.dry_run {
                     crate::cache::dir("variants")
@@ -485,8 +486,9 @@ fn plan(
         }
         variant = Some(v);
     }
+    let km = ctx.kmap(&module_syms);
     for sym in &module_syms {
-        let derived = index.modules(sym);
+        let derived = km.paths(sym);
         let in_base = ctx.k.value(sym) == Some("m");
         let mut found = false;
         for m in derived {
@@ -550,7 +552,11 @@ fn plan(
         .collect();
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
     for m in &modules {
-        for o in index.objects(m) {
+        let objects = km.objects(m).map_or_else(
+            || vec![format!("{}.o", m.trim_end_matches(".ko"))],
+            <[String]>::to_vec,
+        );
+        for o in objects {
             let o = o.split(' ').next().unwrap_or(&o);
             if let Some(d) = normalize(module_dir(o).as_str()) {
                 write_dirs.insert(d);

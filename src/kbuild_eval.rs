@@ -51,6 +51,9 @@ impl Job {
     }
 }
 
+/// A batch's job ids, what make printed for them (by position), and make's error.
+type BatchResult = (Vec<usize>, BTreeMap<usize, DirEval>, Option<String>);
+
 /// Evaluates Makefiles of a source tree under one configuration.
 pub struct Evaluator {
     /// Where the Makefiles are (the source tree, or a Kbuild tree that ships them).
@@ -313,23 +316,22 @@ impl Evaluator {
             groups.push((root_head.clone(), vec![r]));
         }
         let sp = &scratch_path;
-        let done: Vec<(Vec<usize>, BTreeMap<usize, DirEval>, Option<String>)> =
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = groups
-                    .iter()
-                    .map(|(head, ids)| {
-                        scope.spawn(move || {
-                            let batch: Vec<Job> = ids.iter().map(|i| jobs[*i].clone()).collect();
-                            let (out, err) = self.run_batch(sp, head, &batch);
-                            (ids.clone(), out, err)
-                        })
+        let done: Vec<BatchResult> = std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .iter()
+                .map(|(head, ids)| {
+                    scope.spawn(move || {
+                        let batch: Vec<Job> = ids.iter().map(|i| jobs[*i].clone()).collect();
+                        let (out, err) = self.run_batch(sp, head, &batch);
+                        (ids.clone(), out, err)
                     })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("evaluation thread"))
-                    .collect()
-            });
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("evaluation thread"))
+                .collect()
+        });
         let mut retry = Vec::new();
         for (ids, out, err) in done {
             match err {

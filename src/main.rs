@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod kbuild;
 mod kbuild_eval;
+mod locality;
 mod modinst;
 mod modmap;
 mod overlay;
@@ -153,18 +154,11 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
     let index = src
         .as_ref()
         .map(|s| symbols::Index::cached(&s.path, &k.srcarch, &cache::dir("index")));
-    // The modules of the requested symbols.
-    let mods: Vec<String> = index.as_ref().map_or_else(Vec::new, |i| {
-        let set: std::collections::BTreeSet<String> =
-            sets.iter().flat_map(|r| i.modules(&r.symbol)).collect();
-        set.into_iter().collect()
-    });
     let v = variant::generate(
         &variant::Inputs {
             k: &k,
             src: src_path,
             index: index.as_ref(),
-            modules: &mods,
             cache: &cache,
         },
         &sets,
@@ -316,10 +310,12 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
         .as_deref()
         .map(audit::module_deps)
         .unwrap_or_default();
+    let kmap = modmap::full(&index, &modmap::evaluator(&k, &src.path));
     let findings = audit::audit(
         &audit::Inputs {
             k: &k,
             index: &index,
+            kmap: &kmap,
             src: &src.path,
             deps: &deps,
         },

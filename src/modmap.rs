@@ -286,6 +286,14 @@ impl Kmap {
     pub fn paths(&self, sym: &str) -> Vec<String> {
         self.modules(sym).iter().map(|m| m.path.clone()).collect()
     }
+    /// The symbols whose modules include `module`.
+    pub fn symbols_for(&self, module: &str) -> Vec<String> {
+        self.syms
+            .iter()
+            .filter(|(_, s)| s.modules.iter().any(|m| m.path == module))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
     /// The objects of a module the base configuration builds, or of one a symbol asked about.
     pub fn objects(&self, module: &str) -> Option<&[String]> {
         self.base

@@ -48,18 +48,6 @@ struct Entry {
     guarded: bool,
 }
 
-/// A module a symbol builds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModuleInfo {
-    /// `drivers/net/dummy.ko`
-    pub path: String,
-    /// Its objects (`drivers/block/zram/zram_drv.o`, ...), with the symbol that adds each
-    /// optional one.
-    pub objects: Vec<String>,
-    /// The answer rests on Makefile lines inside make conditionals.
-    pub uncertain: bool,
-}
-
 /// One step of a module's gating chain: `dir` is entered from its parent when `symbol` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gate {
@@ -456,13 +444,9 @@ impl Index {
         out
     }
 
-    /// Modules (`dir/name.ko`) that `CONFIG_<sym>=m` builds, by the Makefiles' text.
+    /// Modules (`dir/name.ko`) that the Makefiles' text names for `CONFIG_<sym>`: a pre-filter
+    /// (which symbol's line names a module) for Kbuild's evaluation, not an answer.
     pub fn modules(&self, sym: &str) -> Vec<String> {
-        self.module_infos(sym).into_iter().map(|m| m.path).collect()
-    }
-
-    /// Modules that `CONFIG_<sym>=m` builds, with their objects and certainty.
-    pub fn module_infos(&self, sym: &str) -> Vec<ModuleInfo> {
         let mut out: BTreeMap<String, bool> = BTreeMap::new();
         for dir in self.sym_dirs.get(sym).into_iter().flatten() {
             for e in self.dirs.get(dir).into_iter().flatten() {
@@ -471,16 +455,7 @@ impl Index {
                 }
             }
         }
-        out.into_iter()
-            .map(|(path, uncertain)| {
-                let objects = self.objects(&path);
-                ModuleInfo {
-                    path,
-                    objects,
-                    uncertain,
-                }
-            })
-            .collect()
+        out.into_keys().collect()
     }
 
     fn expand(
@@ -523,30 +498,6 @@ impl Index {
                 self.expand(sym, sub, &e.target, guarded || e.guarded, out, depth + 1);
             }
         }
-    }
-
-    /// The objects of a module (`dir/name.ko`): its composite parts, or its own `.o`.
-    pub fn objects(&self, module: &str) -> Vec<String> {
-        let stem = module.strip_suffix(".ko").unwrap_or(module);
-        let dir = module_dir(module);
-        let parts = self.parts.get(stem).map_or(&[][..], Vec::as_slice);
-        if parts.is_empty() {
-            return vec![format!("{stem}.o")];
-        }
-        parts
-            .iter()
-            .map(|(o, cond)| {
-                let p = if dir.as_str().is_empty() {
-                    o.clone()
-                } else {
-                    format!("{dir}/{o}")
-                };
-                match cond {
-                    Some(s) => format!("{p} (CONFIG_{s})"),
-                    None => p,
-                }
-            })
-            .collect()
     }
 
     /// The chain of directories from the top to `dir`, each with the symbols that enter it.
@@ -603,30 +554,6 @@ impl Index {
             });
         }
         out
-    }
-
-    /// Symbols whose Makefile entries build `module` (`drivers/net/dummy.ko`).
-    pub fn symbols_for(&self, module: &str) -> Vec<String> {
-        let dir = module_dir(module);
-        // Candidates: symbols used in the module's directory or an ancestor.
-        let mut cands = BTreeSet::new();
-        let mut d = dir.as_str().to_string();
-        loop {
-            for e in self.dirs.get(&d).into_iter().flatten() {
-                if let Cond::Sym(s) = &e.cond {
-                    cands.insert(s.clone());
-                }
-            }
-            match d.rsplit_once('/') {
-                Some((p, _)) => d = p.to_string(),
-                None if !d.is_empty() => d = String::new(),
-                None => break,
-            }
-        }
-        cands
-            .into_iter()
-            .filter(|s| self.modules(s).iter().any(|m| m == module))
-            .collect()
     }
 }
 

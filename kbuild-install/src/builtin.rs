@@ -83,9 +83,7 @@ impl BuiltinIndex {
         let data = std::fs::read(&vmlinux_a).map_err(|e| Error::io("read", &vmlinux_a, e))?;
         objects.extend(thin_members(&data).unwrap_or_default());
         // KBUILD_VMLINUX_LIBS: lib.a of every `libs-y` directory.
-        for lib in ["lib/lib.a", "arch/x86/lib/lib.a"]
-            .into_iter()
-            .map(str::to_string)
+        let libs: BTreeSet<String> = std::iter::once("lib/lib.a".to_string())
             .chain(
                 std::fs::read_dir(obj.join("arch").as_std_path())
                     .into_iter()
@@ -94,9 +92,17 @@ impl BuiltinIndex {
                     .filter_map(|e| e.file_name().into_string().ok())
                     .map(|a| format!("arch/{a}/lib/lib.a")),
             )
-        {
+            .collect();
+        for lib in libs {
+            // Members of a thin archive are named relative to the archive's directory.
             if let Ok(data) = std::fs::read(obj.join(&lib)) {
-                objects.extend(thin_members(&data).unwrap_or_default());
+                let dir = lib.trim_end_matches("lib.a");
+                objects.extend(
+                    thin_members(&data)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|m| format!("{dir}{m}")),
+                );
             }
         }
         let objects: Vec<String> = objects.into_iter().collect();
@@ -177,7 +183,7 @@ pub fn makefiles(src: &Utf8Path, srcarch: &str) -> Vec<String> {
         if (name.starts_with("Makefile") || name.starts_with("Kbuild") || name.ends_with(".mk"))
             && let Ok(rel) = e.path().strip_prefix(src)
             && let Some(rel) = rel.to_str()
-            && rel.contains('/')
+            && (rel.contains('/') || rel.starts_with("Kbuild"))
         {
             out.push(rel.to_string());
         }
