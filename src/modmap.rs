@@ -324,7 +324,7 @@ fn key(index: &Index, ev: &Evaluator) -> String {
         &kbuild_install::config::render(&ev.config),
         &index.digest(),
         env!("CARGO_PKG_VERSION"),
-        "map-1",
+        "map-2",
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());

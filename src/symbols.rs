@@ -16,6 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 use walkdir::WalkDir;
 
+/// Version of the cached index's layout.
+const FORMAT: u32 = 2;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SymType {
@@ -71,7 +74,6 @@ pub struct Index {
     parts: BTreeMap<String, Vec<(String, Option<String>)>>,
     /// Directories whose Makefiles mention each symbol anywhere (`CONFIG_X`): the candidates that
     /// Kbuild's evaluation (`kbuild_eval`) is asked about.
-    #[serde(default)]
     mentions: BTreeMap<String, BTreeSet<String>>,
     /// The Kconfig files and Makefiles read, with their modification times (ns), to tell when a
     /// cached index is stale.
@@ -145,7 +147,7 @@ impl Index {
         let key = {
             use sha2::{Digest, Sha256};
             let h = Sha256::digest(format!(
-                "{srctree}\0{srcarch}\0{}",
+                "{srctree}\0{srcarch}\0{}\0{FORMAT}",
                 env!("CARGO_PKG_VERSION")
             ));
             format!("{:x}", h)[..16].to_string()

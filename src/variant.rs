@@ -64,6 +64,12 @@ pub struct Variant {
     pub not_applied: Vec<NotApplied>,
     /// Symbols newly `=m` (their modules must be built with the package).
     pub new_modules: Vec<String>,
+    /// Objects Kbuild's Makefiles link into vmlinux under the variant but not under the base,
+    /// and the reverse (empty when the Makefiles could not be evaluated).
+    #[serde(default)]
+    pub builtin_added: Vec<String>,
+    #[serde(default)]
+    pub builtin_removed: Vec<String>,
 }
 
 impl Variant {
@@ -420,6 +426,14 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         drift,
         not_applied,
         new_modules,
+        builtin_added: delta
+            .as_ref()
+            .map(|d| d.added.iter().cloned().collect())
+            .unwrap_or_default(),
+        builtin_removed: delta
+            .as_ref()
+            .map(|d| d.removed.iter().cloned().collect())
+            .unwrap_or_default(),
     };
     let report = t.join(REPORT);
     std::fs::write(
