@@ -275,9 +275,16 @@ impl SymbolModules {
 pub struct Kmap {
     pub base: TreeEval,
     pub syms: BTreeMap<String, SymbolModules>,
+    /// The modules the base configuration builds.
+    pub built: BTreeSet<String>,
 }
 
 impl Kmap {
+    fn new(base: TreeEval, syms: BTreeMap<String, SymbolModules>) -> Self {
+        let built = base.modules().map(|m| m.path.clone()).collect();
+        Kmap { base, syms, built }
+    }
+
     pub fn modules(&self, sym: &str) -> &[Module] {
         self.syms
             .get(sym.strip_prefix("CONFIG_").unwrap_or(sym))
@@ -340,7 +347,7 @@ pub fn full(index: &Index, ev: &Evaluator) -> Kmap {
     if let Ok(data) = std::fs::read(&path)
         && let Ok(syms) = serde_json::from_slice::<BTreeMap<String, SymbolModules>>(&data)
     {
-        return Kmap { base, syms };
+        return Kmap::new(base, syms);
     }
     let all: Vec<String> = index.tristates().cloned().collect();
     let syms = modules_of(index, ev, &base, &all);
@@ -350,7 +357,7 @@ pub fn full(index: &Index, ev: &Evaluator) -> Kmap {
     {
         let _ = tmp.persist(&path);
     }
-    Kmap { base, syms }
+    Kmap::new(base, syms)
 }
 
 /// The map of some symbols: from the full map when it is cached, else evaluated for them alone.
@@ -366,8 +373,8 @@ pub fn for_symbols(index: &Index, ev: &Evaluator, syms: &[String]) -> Kmap {
         && let Ok(mut all) = serde_json::from_slice::<BTreeMap<String, SymbolModules>>(&data)
     {
         all.retain(|s, _| syms.contains(s));
-        return Kmap { base, syms: all };
+        return Kmap::new(base, all);
     }
     let map = modules_of(index, ev, &base, &syms);
-    Kmap { base, syms: map }
+    Kmap::new(base, map)
 }

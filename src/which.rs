@@ -72,13 +72,11 @@ pub fn report(index: &Index, kmap: &Kmap, k: &KbuildTree, symbol: &str) -> Symbo
             })
             .collect()
     };
-    let built: std::collections::BTreeSet<&str> =
-        kmap.base.modules().map(|m| m.path.as_str()).collect();
     let modules: Vec<MapModule> = if ty == Some(SymType::Tristate) {
         kmap.modules(&sym)
             .iter()
             .map(|m| MapModule {
-                built: built.contains(m.path.as_str()),
+                built: kmap.built.contains(&m.path),
                 gates: gates_of(&m.path),
                 module: m.clone(),
             })
