@@ -1,13 +1,11 @@
-//! Which modules does `CONFIG_X` build? A textual index of the kernel's Kconfig and Makefiles.
+//! A textual index of the kernel's Kconfig files and Makefiles: the pre-filter for Kbuild's own
+//! evaluation (`kbuild_eval`, `modmap`), never the answer on which modules a symbol builds.
 //!
 //! Kconfig: every `config X` with its type and `depends on` (with enclosing `if`s). Makefiles:
-//! every `obj-y/obj-m/obj-$(CONFIG_X)/obj-$(subst m,y,$(CONFIG_X)) += a.o sub/` line
-//! (continuations joined), whether it sits inside an `ifeq`/`ifdef` block, and the composite
-//! objects of each module (`foo-y`, `foo-objs`, `foo-$(CONFIG_Y)`). A `.o` target names a module
-//! in that directory; a `sub/` target descends into the subdirectory and takes the entries there
-//! that use the same symbol (or its unconditional `obj-m`). A module in `a/b/c/` also needs every
-//! parent entry `obj-$(CONFIG_P) += c/`: its gating chain. Answers that rest on lines inside
-//! make conditionals are marked uncertain rather than guessed.
+//! the directories whose Makefiles mention each `CONFIG_X` (the candidates make is asked about),
+//! and every `obj-y/obj-m/obj-$(CONFIG_X)/obj-$(subst m,y,$(CONFIG_X)) += a.o sub/` line
+//! (continuations joined), used to name which symbol's line a module is on and the gating chain
+//! of a directory (every parent entry `obj-$(CONFIG_P) += c/`).
 
 use camino::{Utf8Path, Utf8PathBuf};
 use regex::Regex;
@@ -17,7 +15,7 @@ use std::sync::LazyLock;
 use walkdir::WalkDir;
 
 /// Version of the cached index's layout.
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,8 +68,6 @@ pub struct Index {
     dirs: BTreeMap<String, Vec<Entry>>,
     /// Directories with entries using each symbol.
     sym_dirs: BTreeMap<String, BTreeSet<String>>,
-    /// Composite objects per `dir/name`: (object, `Some(symbol)` when conditional on it).
-    parts: BTreeMap<String, Vec<(String, Option<String>)>>,
     /// Directories whose Makefiles mention each symbol anywhere (`CONFIG_X`): the candidates that
     /// Kbuild's evaluation (`kbuild_eval`) is asked about.
     mentions: BTreeMap<String, BTreeSet<String>>,
@@ -97,27 +93,6 @@ fn mtime(p: &std::path::Path) -> i128 {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128)
 }
-
-const NOT_MODULE_NAMES: &[&str] = &[
-    "obj",
-    "lib",
-    "subdir",
-    "always",
-    "extra",
-    "targets",
-    "hostprogs",
-    "userprogs",
-    "ccflags",
-    "asflags",
-    "ldflags",
-    "cflags",
-    "clean",
-    "core",
-    "drivers",
-    "libs",
-    "head",
-    "KBUILD",
-];
 
 /// Whether every file still has its recorded modification time (checked on all cores: this is
 /// most of a warm query's time).
@@ -178,12 +153,6 @@ impl Index {
         static OBJ: LazyLock<Regex> = LazyLock::new(|| {
             Regex::new(
                 r"^\s*(?:obj|libs|core|drivers)-(?:\$\((?:subst\s+m,y,)?\$?\(?CONFIG_([A-Za-z0-9_]+)\)?(?::m=y)?\)|(y|m))\s*(?:\+=|:=|=)\s*(.*)$",
-            )
-            .unwrap()
-        });
-        static PART: LazyLock<Regex> = LazyLock::new(|| {
-            Regex::new(
-                r"^\s*([A-Za-z0-9_-]+)-(?:(y|objs)|\$\(CONFIG_([A-Za-z0-9_]+)\))\s*(?:\+=|:=|=)\s*(.*)$",
             )
             .unwrap()
         });
@@ -340,25 +309,6 @@ impl Index {
                         });
                     }
                     continue;
-                }
-                if let Some(c) = PART.captures(&line) {
-                    let name = &c[1];
-                    if NOT_MODULE_NAMES.contains(&name) || name.starts_with("CFLAGS") {
-                        continue;
-                    }
-                    let cond = c.get(3).map(|m| m.as_str().to_string());
-                    let key = if rel_dir.is_empty() {
-                        name.to_string()
-                    } else {
-                        format!("{rel_dir}/{name}")
-                    };
-                    let parts = idx.parts.entry(key).or_default();
-                    for t in c[4]
-                        .split_whitespace()
-                        .filter(|t| t.ends_with(".o") && !t.contains('$'))
-                    {
-                        parts.push((t.to_string(), cond.clone()));
-                    }
                 }
             }
         }
