@@ -106,13 +106,16 @@ impl Ctx {
             Index::cached(&self.src.path, &self.k.srcarch, &crate::cache::dir("index"))
         })
     }
-    /// Kbuild's answer for the modules of `syms` (and the base build's modules).
-    fn kmap(&self, syms: &[String]) -> crate::modmap::Kmap {
-        crate::modmap::for_symbols(
-            self.index(),
-            &crate::modmap::evaluator(&self.k, &self.src.path),
-            syms,
-        )
+    /// Kbuild's answer for the modules of `syms` under the base configuration, or under a
+    /// variant's (its `auto.conf`).
+    fn kmap(&self, syms: &[String], variant: Option<&Utf8Path>) -> crate::modmap::Kmap {
+        let mut ev = crate::modmap::evaluator(&self.k, &self.src.path);
+        if let Some(dir) = variant
+            && let Ok(text) = std::fs::read_to_string(dir.join("include/config/auto.conf"))
+        {
+            ev.config = kbuild_install::config::parse(&text);
+        }
+        crate::modmap::for_symbols(self.index(), &ev, syms)
     }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)
@@ -486,7 +489,12 @@ fn plan(
         }
         variant = Some(v);
     }
-    let km = ctx.kmap(&module_syms);
+    let km = ctx.kmap(
+        &module_syms,
+        variant
+            .as_ref()
+            .map(|v: &crate::variant::Variant| v.dir.as_path()),
+    );
     for sym in &module_syms {
         let derived = km.paths(sym);
         let in_base = ctx.k.value(sym) == Some("m");
