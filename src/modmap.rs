@@ -140,7 +140,11 @@ pub fn modules_of(
                 .copied()
                 .collect();
             if owners.is_empty() {
-                for s in list {
+                if trace {
+                    eprintln!("ownerless module {} in {d}", m.path);
+                }
+                let stem = m.path.rsplit('/').next().unwrap_or(&m.path);
+                for s in on_lines(ev, d, list, stem.trim_end_matches(".ko")) {
                     single.insert((s.to_string(), d.to_string()));
                 }
             }
@@ -170,7 +174,11 @@ pub fn modules_of(
                 .filter(|s| gate.iter().any(|g| g == **s))
                 .collect();
             if via.is_empty() {
-                for s in list {
+                if trace {
+                    eprintln!("subdirectory {sub} of {d} entered without a gate line");
+                }
+                let name = sub.rsplit('/').next().unwrap_or(sub);
+                for s in on_lines(ev, d, list, &format!("{name}/")) {
                     single.insert((s.to_string(), d.to_string()));
                 }
             } else {
@@ -179,6 +187,15 @@ pub fn modules_of(
                 }
             }
         }
+    }
+    if trace {
+        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+        for (_, d) in &single {
+            *per.entry(d.as_str()).or_default() += 1;
+        }
+        let mut v: Vec<_> = per.into_iter().collect();
+        v.sort_by_key(|x| std::cmp::Reverse(x.1));
+        eprintln!("single jobs by directory: {:?}", &v[..v.len().min(15)]);
     }
     // Round 2: one symbol set to m and unset, everything else as configured.
     let mut jobs2: Vec<Job> = Vec::new();
@@ -261,6 +278,41 @@ pub fn modules_of(
         v.modules.dedup_by(|a, b| a.path == b.path);
     }
     out
+}
+
+/// The symbols of `list` that share a Makefile line of `dir` with `word` (a module's name, a
+/// subdirectory): where make is asked about them one at a time. All of `list` when none does.
+fn on_lines<'a>(ev: &Evaluator, dir: &str, list: &[&'a str], word: &str) -> Vec<&'a str> {
+    let base = if dir == "." {
+        ev.srctree.clone()
+    } else {
+        ev.srctree.join(dir)
+    };
+    let text = ["Kbuild", "Makefile"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(base.join(f)).ok())
+        .unwrap_or_default()
+        .replace("\\\n", " ");
+    let word_stem = word.trim_end_matches('/');
+    let found: Vec<&'a str> = list
+        .iter()
+        .filter(|s| {
+            let sym = format!("CONFIG_{s}");
+            text.lines().any(|l| {
+                l.contains(word_stem)
+                    && l.match_indices(&sym).any(|(i, _)| {
+                        !l[i + sym.len()..]
+                            .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+                    })
+            })
+        })
+        .copied()
+        .collect();
+    if found.is_empty() {
+        list.to_vec()
+    } else {
+        found
+    }
 }
 
 impl SymbolModules {
