@@ -383,7 +383,7 @@ fn key(index: &Index, ev: &Evaluator) -> String {
         &kbuild_install::config::render(&ev.config),
         &index.digest(),
         env!("CARGO_PKG_VERSION"),
-        "map-2",
+        "map-3",
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
