@@ -469,9 +469,8 @@ impl TreeEval {
     }
 }
 
-/// A cached walk: keyed by the Makefiles' state (`inputs`, e.g. the text index's digest), the
-/// configuration and how make is called.
-pub fn cached_walk(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> TreeEval {
+/// Where the walk of `ev`'s configuration is cached.
+pub fn walk_path(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> Utf8PathBuf {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for part in [
@@ -487,7 +486,13 @@ pub fn cached_walk(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> TreeEval {
         h.update(part.as_bytes());
     }
     let key = format!("{:x}", h.finalize());
-    let path = cache.join(format!("walk-{}.json", &key[..20]));
+    cache.join(format!("walk-{}.json", &key[..20]))
+}
+
+/// A cached walk: keyed by the Makefiles' state (`inputs`, e.g. the text index's digest), the
+/// configuration and how make is called.
+pub fn cached_walk(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> TreeEval {
+    let path = walk_path(ev, inputs, cache);
     if let Ok(data) = std::fs::read(&path)
         && let Ok(t) = serde_json::from_slice::<TreeEval>(&data)
     {

@@ -371,7 +371,7 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
 fn map_cmd(args: &MapArgs) -> Result<u8, Error> {
     let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
     let kmap = modmap::full(&index, &modmap::evaluator(&k, &src.path));
-    for (dir, why) in kmap.base.errors() {
+    for (dir, why) in &kmap.base.errors {
         eprintln!("warning: make could not evaluate {dir}: {why}");
     }
     let table = which::map(&index, &kmap, &k);

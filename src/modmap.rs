@@ -323,18 +323,49 @@ impl SymbolModules {
     }
 }
 
-/// The base configuration's walk and the modules of the symbols asked about.
-pub struct Kmap {
-    pub base: TreeEval,
-    pub syms: BTreeMap<String, SymbolModules>,
-    /// The modules the base configuration builds.
+/// What `which`/`map` need of the base configuration's walk (cached apart from the walk so that a
+/// warm query reads little).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WalkSummary {
+    /// Directories Kbuild enters.
+    pub reached: BTreeSet<String>,
+    /// The modules the configuration builds.
     pub built: BTreeSet<String>,
+    /// Directories make could not evaluate, with its message.
+    pub errors: Vec<(String, String)>,
+}
+
+impl WalkSummary {
+    fn of(t: &TreeEval) -> Self {
+        WalkSummary {
+            reached: t.dirs.keys().cloned().collect(),
+            built: t.modules().map(|m| m.path.clone()).collect(),
+            errors: t
+                .errors()
+                .into_iter()
+                .map(|(d, e)| (d.to_string(), e.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// The base configuration's walk (summarised) and the modules of the symbols asked about.
+pub struct Kmap {
+    pub base: WalkSummary,
+    pub syms: BTreeMap<String, SymbolModules>,
+    /// The full walk, read when the objects of a module no symbol asked about are wanted.
+    walk: std::sync::OnceLock<Option<TreeEval>>,
+    walk_path: Option<camino::Utf8PathBuf>,
 }
 
 impl Kmap {
-    fn new(base: TreeEval, syms: BTreeMap<String, SymbolModules>) -> Self {
-        let built = base.modules().map(|m| m.path.clone()).collect();
-        Kmap { base, syms, built }
+    fn new(base: WalkSummary, syms: BTreeMap<String, SymbolModules>) -> Self {
+        Kmap {
+            base,
+            syms,
+            walk: std::sync::OnceLock::new(),
+            walk_path: None,
+        }
     }
 
     pub fn modules(&self, sym: &str) -> &[Module] {
@@ -353,11 +384,23 @@ impl Kmap {
             .map(|(s, _)| s.clone())
             .collect()
     }
-    /// The objects of a module the base configuration builds, or of one a symbol asked about.
+    /// The objects of a module a symbol asked about, or of one the base configuration builds.
     pub fn objects(&self, module: &str) -> Option<&[String]> {
-        self.base
+        if let Some(m) = self
+            .syms
+            .values()
+            .flat_map(|s| s.modules.iter())
+            .find(|m| m.path == module)
+        {
+            return Some(m.objects.as_slice());
+        }
+        self.walk
+            .get_or_init(|| {
+                let data = std::fs::read(self.walk_path.as_ref()?).ok()?;
+                serde_json::from_slice(&data).ok()
+            })
+            .as_ref()?
             .modules()
-            .chain(self.syms.values().flat_map(|s| s.modules.iter()))
             .find(|m| m.path == module)
             .map(|m| m.objects.as_slice())
     }
@@ -383,7 +426,7 @@ fn key(index: &Index, ev: &Evaluator) -> String {
         &kbuild_install::config::render(&ev.config),
         &index.digest(),
         env!("CARGO_PKG_VERSION"),
-        "map-3",
+        "map-4",
     ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part.as_bytes());
@@ -391,42 +434,77 @@ fn key(index: &Index, ev: &Evaluator) -> String {
     format!("{:x}", h.finalize())[..20].to_string()
 }
 
-/// The map of every tristate symbol (cached by configuration and Makefile state).
+fn store<T: Serialize>(cache: &camino::Utf8Path, path: &camino::Utf8Path, value: &T) {
+    if std::fs::create_dir_all(cache).is_ok()
+        && let Ok(tmp) = tempfile::NamedTempFile::new_in(cache)
+        && serde_json::to_writer(std::io::BufWriter::new(tmp.as_file()), value).is_ok()
+    {
+        let _ = tmp.persist(path);
+    }
+}
+
+/// The map of every tristate symbol (cached by configuration and Makefile state): `map-*.json`
+/// for the whole table, `map-*.lines` (one symbol per line) and `summary-*.json` for quick
+/// queries.
 pub fn full(index: &Index, ev: &Evaluator) -> Kmap {
     let cache = crate::cache::dir("kbuild-eval");
-    let base = crate::kbuild_eval::cached_walk(ev, &index.digest(), &cache);
-    let path = cache.join(format!("map-{}.json", key(index, ev)));
+    let k = key(index, ev);
+    let path = cache.join(format!("map-{k}.json"));
+    let summary_path = cache.join(format!("summary-{k}.json"));
     if let Ok(data) = std::fs::read(&path)
         && let Ok(syms) = serde_json::from_slice::<BTreeMap<String, SymbolModules>>(&data)
+        && let Ok(sdata) = std::fs::read(&summary_path)
+        && let Ok(summary) = serde_json::from_slice::<WalkSummary>(&sdata)
     {
-        return Kmap::new(base, syms);
+        return Kmap::new(summary, syms);
     }
+    let base = crate::kbuild_eval::cached_walk(ev, &index.digest(), &cache);
     let all: Vec<String> = index.tristates().cloned().collect();
     let syms = modules_of(index, ev, &base, &all);
-    if std::fs::create_dir_all(&cache).is_ok()
-        && let Ok(tmp) = tempfile::NamedTempFile::new_in(&cache)
-        && serde_json::to_writer(std::io::BufWriter::new(tmp.as_file()), &syms).is_ok()
+    store(&cache, &path, &syms);
+    let lines: String = syms
+        .iter()
+        .filter_map(|(s, m)| Some(format!("{s}\t{}\n", serde_json::to_string(m).ok()?)))
+        .collect();
+    if let Ok(tmp) = tempfile::NamedTempFile::new_in(&cache)
+        && std::fs::write(tmp.path(), lines).is_ok()
     {
-        let _ = tmp.persist(&path);
+        let _ = tmp.persist(cache.join(format!("map-{k}.lines")));
     }
-    Kmap::new(base, syms)
+    let summary = WalkSummary::of(&base);
+    store(&cache, &summary_path, &summary);
+    Kmap::new(summary, syms)
 }
 
 /// The map of some symbols: from the full map when it is cached, else evaluated for them alone.
 pub fn for_symbols(index: &Index, ev: &Evaluator, syms: &[String]) -> Kmap {
     let cache = crate::cache::dir("kbuild-eval");
-    let base = crate::kbuild_eval::cached_walk(ev, &index.digest(), &cache);
-    let path = cache.join(format!("map-{}.json", key(index, ev)));
+    let k = key(index, ev);
     let syms: Vec<String> = syms
         .iter()
         .map(|s| s.strip_prefix("CONFIG_").unwrap_or(s).to_string())
         .collect();
-    if let Ok(data) = std::fs::read(&path)
-        && let Ok(mut all) = serde_json::from_slice::<BTreeMap<String, SymbolModules>>(&data)
+    let walk_path = crate::kbuild_eval::walk_path(ev, &index.digest(), &cache);
+    if let Ok(text) = std::fs::read_to_string(cache.join(format!("map-{k}.lines")))
+        && let Ok(sdata) = std::fs::read(cache.join(format!("summary-{k}.json")))
+        && let Ok(summary) = serde_json::from_slice::<WalkSummary>(&sdata)
     {
-        all.retain(|s, _| syms.contains(s));
-        return Kmap::new(base, all);
+        let mut found = BTreeMap::new();
+        for line in text.lines() {
+            if let Some((s, json)) = line.split_once('\t')
+                && syms.iter().any(|x| x == s)
+                && let Ok(m) = serde_json::from_str::<SymbolModules>(json)
+            {
+                found.insert(s.to_string(), m);
+            }
+        }
+        let mut km = Kmap::new(summary, found);
+        km.walk_path = Some(walk_path);
+        return km;
     }
+    let base = crate::kbuild_eval::cached_walk(ev, &index.digest(), &cache);
     let map = modules_of(index, ev, &base, &syms);
-    Kmap::new(base, map)
+    let km = Kmap::new(WalkSummary::of(&base), map);
+    let _ = km.walk.set(Some(base));
+    km
 }

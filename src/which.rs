@@ -64,7 +64,7 @@ pub fn report(index: &Index, kmap: &Kmap, k: &KbuildTree, symbol: &str) -> Symbo
                     .map(|s| (s.clone(), k.value(s).map(str::to_string)))
                     .collect();
                 GateState {
-                    enabled: kmap.base.dirs.contains_key(&g.dir),
+                    enabled: kmap.base.reached.contains(&g.dir),
                     dir: g.dir,
                     symbols,
                     unknown: g.unknown,
@@ -76,7 +76,7 @@ pub fn report(index: &Index, kmap: &Kmap, k: &KbuildTree, symbol: &str) -> Symbo
         kmap.modules(&sym)
             .iter()
             .map(|m| MapModule {
-                built: kmap.built.contains(&m.path),
+                built: kmap.base.built.contains(&m.path),
                 gates: gates_of(&m.path),
                 module: m.clone(),
             })
