@@ -180,6 +180,8 @@ pub fn module_deps(dir: &Utf8Path) -> BTreeMap<String, Vec<String>> {
 pub struct Inputs<'a> {
     pub k: &'a KbuildTree,
     pub index: &'a Index,
+    /// Kbuild's module map (every tristate symbol).
+    pub kmap: &'a crate::modmap::Kmap,
     pub src: &'a Utf8Path,
     /// Module dependencies (empty when no module directory was given).
     pub deps: &'a BTreeMap<String, Vec<String>>,
@@ -196,7 +198,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             .kconfig
             .iter()
             .filter(|r| r.value.as_deref().is_none_or(|v| v == "m"))
-            .flat_map(|r| inp.index.modules(&r.symbol))
+            .flat_map(|r| inp.kmap.paths(&r.symbol))
             .collect();
         let files: BTreeSet<String> = p.files.iter().cloned().collect();
         owns.insert(
@@ -210,7 +212,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
         let named: BTreeSet<&str> = p.kconfig.iter().map(|r| r.symbol.as_str()).collect();
         if !files.is_empty() && !predicted.is_empty() {
             for f in files.difference(&predicted) {
-                let builders = inp.index.symbols_for(f);
+                let builders = inp.kmap.symbols_for(f);
                 if builders.is_empty() {
                     findings.push(Finding { level: Level::Error, kind: "files-missing", package: Some(p.name.clone()), subject: None,
                         message: format!("FILES names {f}, which no Makefile line builds (ERROR: module '{f}' is missing.)") });
@@ -231,10 +233,8 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             }
         }
         if p.kconfig.is_empty() && !files.is_empty() {
-            let builders: BTreeSet<String> = files
-                .iter()
-                .flat_map(|f| inp.index.symbols_for(f))
-                .collect();
+            let builders: BTreeSet<String> =
+                files.iter().flat_map(|f| inp.kmap.symbols_for(f)).collect();
             findings.push(Finding {
                 level: Level::Warning,
                 kind: "default-reliance",
@@ -300,41 +300,49 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             }
         }
     }
-    let syms: Vec<String> = candidates.keys().cloned().collect();
-    let refs = crate::variant::references(inp.src, &inp.k.srcarch, &syms)?;
-    for (sym, pkgs) in &candidates {
+    // The same rule as `extmod variant`: the base build's fixdep record and Kbuild's evaluation
+    // of the Makefiles (each symbol set on its own, without Kconfig's propagation).
+    let locality = crate::locality::Locality::for_tree(inp.k);
+    let requests: Vec<(String, Option<String>)> = candidates
+        .iter()
+        .map(|(sym, pkgs)| {
+            let v = by_name[pkgs[0]]
+                .kconfig
+                .iter()
+                .find(|r| r.symbol == *sym)
+                .and_then(|r| r.value.clone());
+            (sym.clone(), v)
+        })
+        .collect();
+    let deltas = if locality.has_record() && !requests.is_empty() {
+        let ev = crate::modmap::evaluator(inp.k, inp.src);
+        crate::locality::targeted_deltas(inp.index, &ev, &requests)
+    } else {
+        Vec::new()
+    };
+    for (i, (sym, pkgs)) in candidates.iter().enumerate() {
+        let verdicts = locality.judge(std::slice::from_ref(sym), deltas.get(i), Some(inp.index));
+        let why = match verdicts.get(sym) {
+            Some(crate::locality::Verdict::Kernel(why, _))
+            | Some(crate::locality::Verdict::Unjudged(why)) => why.clone(),
+            _ => continue,
+        };
         for pname in pkgs {
-            let owned = crate::variant::Locality::new(Some(inp.index), &owns[pname]);
-            let outside: Vec<&String> = refs
-                .get(sym)
-                .into_iter()
-                .flatten()
-                .filter(|f| !owned.is_local(f, sym, false))
-                .collect();
-            if !outside.is_empty() {
-                let shown: Vec<&str> = outside.iter().take(3).map(|s| s.as_str()).collect();
-                findings.push(Finding {
-                    level: Level::Error,
-                    kind: "kernel-affecting",
-                    package: Some(pname.to_string()),
-                    subject: Some(format!("CONFIG_{sym}")),
-                    message: format!(
-                        "KCONFIG CONFIG_{sym}={} changes code outside its modules: {}{}",
-                        by_name[pname]
-                            .kconfig
-                            .iter()
-                            .find(|r| r.symbol == *sym)
-                            .and_then(|r| r.value.clone())
-                            .unwrap_or_default(),
-                        shown.join(", "),
-                        if outside.len() > 3 {
-                            format!(" and {} more", outside.len() - 3)
-                        } else {
-                            String::new()
-                        }
-                    ),
-                });
-            }
+            findings.push(Finding {
+                level: Level::Error,
+                kind: "kernel-affecting",
+                package: Some(pname.to_string()),
+                subject: Some(format!("CONFIG_{sym}")),
+                message: format!(
+                    "KCONFIG CONFIG_{sym}={} changes the kernel: {why}",
+                    by_name[pname]
+                        .kconfig
+                        .iter()
+                        .find(|r| r.symbol == *sym)
+                        .and_then(|r| r.value.clone())
+                        .unwrap_or_default(),
+                ),
+            });
         }
     }
 

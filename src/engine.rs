@@ -115,6 +115,17 @@ impl Ctx {
             Index::cached(&self.src.path, &self.k.srcarch, &crate::cache::dir("index"))
         })
     }
+    /// Kbuild's answer for the modules of `syms` under the base configuration, or under a
+    /// variant's (its `auto.conf`).
+    fn kmap(&self, syms: &[String], variant: Option<&Utf8Path>) -> crate::modmap::Kmap {
+        let mut ev = crate::modmap::evaluator(&self.k, &self.src.path);
+        if let Some(dir) = variant
+            && let Ok(text) = std::fs::read_to_string(dir.join("include/config/auto.conf"))
+        {
+            ev.config = kbuild_install::config::parse(&text);
+        }
+        crate::modmap::for_symbols(self.index(), &ev, syms)
+    }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)
     }
@@ -467,18 +478,11 @@ fn plan(
             })
             .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
             .collect();
-        let mods: BTreeSet<String> = module_syms
-            .iter()
-            .flat_map(|s| index.modules(s))
-            .chain(pkg.files.iter().cloned())
-            .collect();
-        let mods: Vec<String> = mods.into_iter().collect();
         let v = crate::variant::generate(
             &crate::variant::Inputs {
                 k: &ctx.k,
                 src: Some(&ctx.src.path),
                 index: Some(index),
-                modules: &mods,
                 // A dry run writes nothing into D: its variants go to the user's cache.
                 cache: &if ctx.dry_run {
                     crate::cache::dir("variants")
@@ -560,8 +564,14 @@ fn plan(
         }
         variant = Some(v);
     }
+    let km = ctx.kmap(
+        &module_syms,
+        variant
+            .as_ref()
+            .map(|v: &crate::variant::Variant| v.dir.as_path()),
+    );
     for sym in &module_syms {
-        let derived = index.modules(sym);
+        let derived = km.paths(sym);
         let in_base = ctx.k.value(sym) == Some("m");
         let mut found = false;
         for m in derived {
@@ -630,7 +640,11 @@ fn plan(
     units.sort_by_key(|u| unit_rank(&u.dir));
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
     for m in &modules {
-        for o in index.objects(m) {
+        let objects = km.objects(m).map_or_else(
+            || vec![format!("{}.o", m.trim_end_matches(".ko"))],
+            <[String]>::to_vec,
+        );
+        for o in objects {
             let o = o.split(' ').next().unwrap_or(&o);
             if let Some(d) = normalize(module_dir(o).as_str()) {
                 write_dirs.insert(d);

@@ -14,7 +14,10 @@ mod events;
 mod fresh;
 mod guard;
 mod kbuild;
+mod kbuild_eval;
+mod locality;
 mod modinst;
+mod modmap;
 mod overlay;
 mod package;
 #[cfg(test)]
@@ -169,18 +172,11 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
     let index = src
         .as_ref()
         .map(|s| symbols::Index::cached(&s.path, &k.srcarch, &cache::dir("index")));
-    // The modules of the requested symbols.
-    let mods: Vec<String> = index.as_ref().map_or_else(Vec::new, |i| {
-        let set: std::collections::BTreeSet<String> =
-            sets.iter().flat_map(|r| i.modules(&r.symbol)).collect();
-        set.into_iter().collect()
-    });
     let v = variant::generate(
         &variant::Inputs {
             k: &k,
             src: src_path,
             index: index.as_ref(),
-            modules: &mods,
             cache: &cache,
         },
         &sets,
@@ -219,23 +215,26 @@ fn open_index(
 }
 
 fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
-    let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
+    let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
+    let ev = modmap::evaluator(&k, &src.path);
     if let Some(m) = &args.module {
+        let kmap = modmap::full(&index, &ev);
         let wanted: Vec<String> = if m.ends_with(".ko") {
             vec![m.clone()]
         } else {
             let name = m.replace('-', "_");
             let mut all = std::collections::BTreeSet::new();
-            for s in index.tristates() {
-                for p in index.modules(s) {
+            for s in kmap.syms.values() {
+                for p in &s.modules {
                     let base = p
+                        .path
                         .rsplit('/')
                         .next()
-                        .unwrap_or(&p)
+                        .unwrap_or(&p.path)
                         .trim_end_matches(".ko")
                         .replace('-', "_");
                     if base == name {
-                        all.insert(p);
+                        all.insert(p.path.clone());
                     }
                 }
             }
@@ -249,7 +248,15 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
         }
         let found: Vec<(String, Vec<String>)> = wanted
             .iter()
-            .map(|w| (w.clone(), index.symbols_for(w)))
+            .map(|w| {
+                let syms = kmap
+                    .syms
+                    .iter()
+                    .filter(|(_, s)| s.modules.iter().any(|x| &x.path == w))
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                (w.clone(), syms)
+            })
             .collect();
         if args.json {
             let doc: Vec<_> = found
@@ -287,10 +294,11 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
             "name at least one CONFIG_ symbol, or a module with --module".into(),
         ));
     }
+    let kmap = modmap::for_symbols(&index, &ev, &args.symbols);
     let reports: Vec<which::SymbolReport> = args
         .symbols
         .iter()
-        .map(|s| which::report(&index, &k, s))
+        .map(|s| which::report(&index, &kmap, &k, s))
         .collect();
     if args.json {
         outln!(
@@ -345,10 +353,12 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
             "--modules `{m}` holds no module list (no modules.dep with `module: deps` lines, no .ko files)"
         )));
     }
+    let kmap = modmap::full(&index, &modmap::evaluator(&k, &src.path));
     let findings = audit::audit(
         &audit::Inputs {
             k: &k,
             index: &index,
+            kmap: &kmap,
             src: &src.path,
             deps: &deps,
         },
@@ -402,13 +412,17 @@ fn audit_cmd(args: &AuditArgs) -> Result<u8, Error> {
 }
 
 fn map_cmd(args: &MapArgs) -> Result<u8, Error> {
-    let (k, _, index) = open_index(&args.kbuild, &args.srctree)?;
-    let table = which::map(&index, &k);
+    let (k, src, index) = open_index(&args.kbuild, &args.srctree)?;
+    let kmap = modmap::full(&index, &modmap::evaluator(&k, &src.path));
+    for (dir, why) in &kmap.base.errors {
+        eprintln!("warning: make could not evaluate {dir}: {why}");
+    }
+    let table = which::map(&index, &kmap, &k);
     if args.json {
         outln!("{}", serde_json::to_string(&table).expect("serializes"));
     } else {
         for r in &table {
-            let mods: Vec<&str> = r.modules.iter().map(|m| m.path.as_str()).collect();
+            let mods: Vec<&str> = r.modules.iter().map(|m| m.module.path.as_str()).collect();
             outln!(
                 "{}\t{}\t{}",
                 r.symbol,

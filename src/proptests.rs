@@ -78,14 +78,14 @@ proptest! {
     /// value is in .config.
     #[test]
     fn config_readers(a in texty(), b in texty()) {
-        let _ = crate::variant::parse_config(&a);
+        let _ = kbuild_install::config::parse(&a);
         let _ = kbuild_install::tree::config_value(&a, "A");
         let _ = kbuild_install::tree::kernelversion_of(&a);
         let _ = kbuild_install::tree::AutoConfCmd::parse(&a);
         let _ = kbuild_install::tree::unquote(&a);
         if kbuild_install::tree::check_config_pair(&a, &b).is_ok() {
-            let cfg = crate::variant::parse_config(&a);
-            for (k, v) in crate::variant::parse_config(&b) {
+            let cfg = kbuild_install::config::parse(&a);
+            for (k, v) in kbuild_install::config::parse(&b) {
                 let c = cfg.get(&k);
                 prop_assert!(c.is_some(), "{} missing", k);
                 let c = c.unwrap();

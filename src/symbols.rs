@@ -1,13 +1,11 @@
-//! Which modules does `CONFIG_X` build? A textual index of the kernel's Kconfig and Makefiles.
+//! A textual index of the kernel's Kconfig files and Makefiles: the pre-filter for Kbuild's own
+//! evaluation (`kbuild_eval`, `modmap`), never the answer on which modules a symbol builds.
 //!
 //! Kconfig: every `config X` with its type and `depends on` (with enclosing `if`s). Makefiles:
-//! every `obj-y/obj-m/obj-$(CONFIG_X)/obj-$(subst m,y,$(CONFIG_X)) += a.o sub/` line
-//! (continuations joined), whether it sits inside an `ifeq`/`ifdef` block, and the composite
-//! objects of each module (`foo-y`, `foo-objs`, `foo-$(CONFIG_Y)`). A `.o` target names a module
-//! in that directory; a `sub/` target descends into the subdirectory and takes the entries there
-//! that use the same symbol (or its unconditional `obj-m`). A module in `a/b/c/` also needs every
-//! parent entry `obj-$(CONFIG_P) += c/`: its gating chain. Answers that rest on lines inside
-//! make conditionals are marked uncertain rather than guessed.
+//! the directories whose Makefiles mention each `CONFIG_X` (the candidates make is asked about),
+//! and every `obj-y/obj-m/obj-$(CONFIG_X)/obj-$(subst m,y,$(CONFIG_X)) += a.o sub/` line
+//! (continuations joined), used to name which symbol's line a module is on and the gating chain
+//! of a directory (every parent entry `obj-$(CONFIG_P) += c/`).
 
 use camino::{Utf8Path, Utf8PathBuf};
 use regex::Regex;
@@ -15,6 +13,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 use walkdir::WalkDir;
+
+/// Version of the cached index's layout.
+const FORMAT: u32 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -48,18 +49,6 @@ struct Entry {
     guarded: bool,
 }
 
-/// A module a symbol builds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ModuleInfo {
-    /// `drivers/net/dummy.ko`
-    pub path: String,
-    /// Its objects (`drivers/block/zram/zram_drv.o`, ...), with the symbol that adds each
-    /// optional one.
-    pub objects: Vec<String>,
-    /// The answer rests on Makefile lines inside make conditionals.
-    pub uncertain: bool,
-}
-
 /// One step of a module's gating chain: `dir` is entered from its parent when `symbol` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Gate {
@@ -79,8 +68,9 @@ pub struct Index {
     dirs: BTreeMap<String, Vec<Entry>>,
     /// Directories with entries using each symbol.
     sym_dirs: BTreeMap<String, BTreeSet<String>>,
-    /// Composite objects per `dir/name`: (object, `Some(symbol)` when conditional on it).
-    parts: BTreeMap<String, Vec<(String, Option<String>)>>,
+    /// Directories whose Makefiles mention each symbol anywhere (`CONFIG_X`): the candidates that
+    /// Kbuild's evaluation (`kbuild_eval`) is asked about.
+    mentions: BTreeMap<String, BTreeSet<String>>,
     /// The Kconfig files and Makefiles read, with their modification times (ns), to tell when a
     /// cached index is stale.
     inputs: Vec<(String, i128)>,
@@ -103,27 +93,6 @@ fn mtime(p: &std::path::Path) -> i128 {
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128)
 }
-
-const NOT_MODULE_NAMES: &[&str] = &[
-    "obj",
-    "lib",
-    "subdir",
-    "always",
-    "extra",
-    "targets",
-    "hostprogs",
-    "userprogs",
-    "ccflags",
-    "asflags",
-    "ldflags",
-    "cflags",
-    "clean",
-    "core",
-    "drivers",
-    "libs",
-    "head",
-    "KBUILD",
-];
 
 /// Whether every file still has its recorded modification time (checked on all cores: this is
 /// most of a warm query's time).
@@ -153,7 +122,7 @@ impl Index {
         let key = {
             use sha2::{Digest, Sha256};
             let h = Sha256::digest(format!(
-                "{srctree}\0{srcarch}\0{}",
+                "{srctree}\0{srcarch}\0{}\0{FORMAT}",
                 env!("CARGO_PKG_VERSION")
             ));
             format!("{:x}", h)[..16].to_string()
@@ -184,12 +153,6 @@ impl Index {
         static OBJ: LazyLock<Regex> = LazyLock::new(|| {
             Regex::new(
                 r"^\s*(?:obj|libs|core|drivers)-(?:\$\((?:subst\s+m,y,)?\$?\(?CONFIG_([A-Za-z0-9_]+)\)?(?::m=y)?\)|(y|m))\s*(?:\+=|:=|=)\s*(.*)$",
-            )
-            .unwrap()
-        });
-        static PART: LazyLock<Regex> = LazyLock::new(|| {
-            Regex::new(
-                r"^\s*([A-Za-z0-9_-]+)-(?:(y|objs)|\$\(CONFIG_([A-Za-z0-9_]+)\))\s*(?:\+=|:=|=)\s*(.*)$",
             )
             .unwrap()
         });
@@ -284,6 +247,18 @@ impl Index {
                 }
                 continue;
             }
+            static MENTION: LazyLock<Regex> =
+                LazyLock::new(|| Regex::new(r"CONFIG_([A-Za-z0-9_]+)").unwrap());
+            for c in MENTION.captures_iter(&text) {
+                idx.mentions
+                    .entry(c[1].to_string())
+                    .or_default()
+                    .insert(if rel_dir.is_empty() {
+                        ".".to_string()
+                    } else {
+                        rel_dir.clone()
+                    });
+            }
             let mut depth = 0usize;
             for line in joined_lines(&text) {
                 let line = line.split('#').next().unwrap_or("");
@@ -335,28 +310,34 @@ impl Index {
                     }
                     continue;
                 }
-                if let Some(c) = PART.captures(&line) {
-                    let name = &c[1];
-                    if NOT_MODULE_NAMES.contains(&name) || name.starts_with("CFLAGS") {
-                        continue;
-                    }
-                    let cond = c.get(3).map(|m| m.as_str().to_string());
-                    let key = if rel_dir.is_empty() {
-                        name.to_string()
-                    } else {
-                        format!("{rel_dir}/{name}")
-                    };
-                    let parts = idx.parts.entry(key).or_default();
-                    for t in c[4]
-                        .split_whitespace()
-                        .filter(|t| t.ends_with(".o") && !t.contains('$'))
-                    {
-                        parts.push((t.to_string(), cond.clone()));
-                    }
-                }
             }
         }
         idx
+    }
+
+    /// Directories whose Makefiles mention `CONFIG_<sym>`.
+    pub fn mentions(&self, sym: &str) -> impl Iterator<Item = &String> {
+        self.mentions.get(sym).into_iter().flatten()
+    }
+
+    /// Symbols mentioned by the Makefiles of `dir`.
+    pub fn mentioned_in(&self, dir: &str) -> Vec<&String> {
+        self.mentions
+            .iter()
+            .filter(|(_, dirs)| dirs.contains(dir))
+            .map(|(s, _)| s)
+            .collect()
+    }
+
+    /// A digest of the files the index was built from (names and modification times).
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for (p, t) in &self.inputs {
+            h.update(p.as_bytes());
+            h.update(t.to_le_bytes());
+        }
+        format!("{:x}", h.finalize())
     }
 
     pub fn sym_type(&self, sym: &str) -> Option<SymType> {
@@ -415,13 +396,9 @@ impl Index {
         out
     }
 
-    /// Modules (`dir/name.ko`) that `CONFIG_<sym>=m` builds, by the Makefiles' text.
+    /// Modules (`dir/name.ko`) that the Makefiles' text names for `CONFIG_<sym>`: a pre-filter
+    /// (which symbol's line names a module) for Kbuild's evaluation, not an answer.
     pub fn modules(&self, sym: &str) -> Vec<String> {
-        self.module_infos(sym).into_iter().map(|m| m.path).collect()
-    }
-
-    /// Modules that `CONFIG_<sym>=m` builds, with their objects and certainty.
-    pub fn module_infos(&self, sym: &str) -> Vec<ModuleInfo> {
         let mut out: BTreeMap<String, bool> = BTreeMap::new();
         for dir in self.sym_dirs.get(sym).into_iter().flatten() {
             for e in self.dirs.get(dir).into_iter().flatten() {
@@ -430,16 +407,7 @@ impl Index {
                 }
             }
         }
-        out.into_iter()
-            .map(|(path, uncertain)| {
-                let objects = self.objects(&path);
-                ModuleInfo {
-                    path,
-                    objects,
-                    uncertain,
-                }
-            })
-            .collect()
+        out.into_keys().collect()
     }
 
     fn expand(
@@ -482,30 +450,6 @@ impl Index {
                 self.expand(sym, sub, &e.target, guarded || e.guarded, out, depth + 1);
             }
         }
-    }
-
-    /// The objects of a module (`dir/name.ko`): its composite parts, or its own `.o`.
-    pub fn objects(&self, module: &str) -> Vec<String> {
-        let stem = module.strip_suffix(".ko").unwrap_or(module);
-        let dir = module_dir(module);
-        let parts = self.parts.get(stem).map_or(&[][..], Vec::as_slice);
-        if parts.is_empty() {
-            return vec![format!("{stem}.o")];
-        }
-        parts
-            .iter()
-            .map(|(o, cond)| {
-                let p = if dir.as_str().is_empty() {
-                    o.clone()
-                } else {
-                    format!("{dir}/{o}")
-                };
-                match cond {
-                    Some(s) => format!("{p} (CONFIG_{s})"),
-                    None => p,
-                }
-            })
-            .collect()
     }
 
     /// The chain of directories from the top to `dir`, each with the symbols that enter it.
@@ -562,30 +506,6 @@ impl Index {
             });
         }
         out
-    }
-
-    /// Symbols whose Makefile entries build `module` (`drivers/net/dummy.ko`).
-    pub fn symbols_for(&self, module: &str) -> Vec<String> {
-        let dir = module_dir(module);
-        // Candidates: symbols used in the module's directory or an ancestor.
-        let mut cands = BTreeSet::new();
-        let mut d = dir.as_str().to_string();
-        loop {
-            for e in self.dirs.get(&d).into_iter().flatten() {
-                if let Cond::Sym(s) = &e.cond {
-                    cands.insert(s.clone());
-                }
-            }
-            match d.rsplit_once('/') {
-                Some((p, _)) => d = p.to_string(),
-                None if !d.is_empty() => d = String::new(),
-                None => break,
-            }
-        }
-        cands
-            .into_iter()
-            .filter(|s| self.modules(s).iter().any(|m| m == module))
-            .collect()
     }
 }
 

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
-const FORMAT: u32 = 2;
+const FORMAT: u32 = 3;
 const REPORT: &str = "variant.json";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +41,10 @@ pub struct Change {
     pub new: Option<String>,
     pub class: Class,
     pub why: String,
+    /// The built-in objects that make it kernel-affecting (fixdep dependents, or objects the
+    /// Makefiles link or unlink).
+    #[serde(default)]
+    pub objects: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,6 +64,12 @@ pub struct Variant {
     pub not_applied: Vec<NotApplied>,
     /// Symbols newly `=m` (their modules must be built with the package).
     pub new_modules: Vec<String>,
+    /// Objects Kbuild's Makefiles link into vmlinux under the variant but not under the base,
+    /// and the reverse (empty when the Makefiles could not be evaluated).
+    #[serde(default)]
+    pub builtin_added: Vec<String>,
+    #[serde(default)]
+    pub builtin_removed: Vec<String>,
 }
 
 impl Variant {
@@ -71,14 +81,7 @@ impl Variant {
     }
 }
 
-/// `CONFIG_X=v` lines of an auto.conf/.config into a map (without the prefix).
-pub fn parse_config(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("CONFIG_"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use kbuild_install::config::parse as parse_config;
 
 fn diff(
     a: &BTreeMap<String, String>,
@@ -104,8 +107,6 @@ pub struct Inputs<'a> {
     pub k: &'a KbuildTree,
     pub src: Option<&'a Utf8Path>,
     pub index: Option<&'a Index>,
-    /// The modules the variant is for (`drivers/net/dummy.ko`, relative to the tree).
-    pub modules: &'a [String],
     pub cache: &'a Utf8Path,
 }
 
@@ -200,57 +201,6 @@ pub(crate) fn apply(config: &str, sets: &[KconfigReq]) -> String {
     out
 }
 
-/// Files (relative to the source tree) that reference each symbol (`CONFIG_X` or
-/// `CONFIG_X_MODULE`) in C, assembler and Makefiles of this architecture.
-pub(crate) fn references(
-    src: &Utf8Path,
-    srcarch: &str,
-    syms: &[String],
-) -> Result<BTreeMap<String, BTreeSet<String>>, Error> {
-    let mut out: BTreeMap<String, BTreeSet<String>> =
-        syms.iter().map(|s| (s.clone(), BTreeSet::new())).collect();
-    if syms.is_empty() {
-        return Ok(out);
-    }
-    let pattern = format!("CONFIG_({})(_MODULE)?", syms.join("|"));
-    let expr = duct::cmd!(
-        "grep",
-        "-rHowE",
-        "--include=*.[chS]",
-        "--include=Makefile*",
-        "--include=Kbuild*",
-        "--exclude-dir=Documentation",
-        "--exclude-dir=tools",
-        "--exclude-dir=samples",
-        "--exclude-dir=scripts",
-        &pattern,
-        "."
-    )
-    .dir(src);
-    let fin = kbuild_install::process::run(expr, "grep for CONFIG references", true)?;
-    for line in fin.stdout.lines() {
-        let Some((file, word)) = line.rsplit_once(':') else {
-            continue;
-        };
-        let file = file.trim_start_matches("./");
-        if let Some(rest) = file.strip_prefix("arch/")
-            && !rest.starts_with(&format!("{srcarch}/"))
-        {
-            continue;
-        }
-        let sym = word.trim_start_matches("CONFIG_");
-        let sym = if out.contains_key(sym) {
-            sym
-        } else {
-            sym.trim_end_matches("_MODULE")
-        };
-        if let Some(set) = out.get_mut(sym) {
-            set.insert(file.to_string());
-        }
-    }
-    Ok(out)
-}
-
 /// Where the variant for `sets` is cached: keyed by the Kbuild tree, the toolchain environment,
 /// the source tree and the requests.
 fn location(
@@ -270,6 +220,15 @@ fn location(
         &env,
         requests.join(" ").as_bytes(),
         src.map_or("", |s| s.as_str()).as_bytes(),
+        // What the verdict rests on: the base build's record and the Makefiles to evaluate.
+        format!(
+            "{:?}{:?}",
+            std::fs::metadata(k.path.join(kbuild_install::builtin::FILE))
+                .ok()
+                .map(|m| m.len()),
+            crate::locality::makefile_root(k, src)
+        )
+        .as_bytes(),
         env!("CARGO_PKG_VERSION").as_bytes(),
         &FORMAT.to_le_bytes(),
     ]);
@@ -292,64 +251,6 @@ pub fn cached(
 ) -> Option<Variant> {
     let m = variant_manifest(k).ok()?;
     load(&location(k, m, src, sets, cache).0)
-}
-
-/// What belongs to a set of modules: their objects' sources, the headers in their directories,
-/// and the symbols that pick their composite parts. A configuration symbol used anywhere else
-/// reaches built-in code (or struct layouts through include/). Shared by the variant
-/// classification and `extmod audit`.
-pub struct Locality {
-    dirs: BTreeSet<String>,
-    sources: BTreeSet<String>,
-    part_syms: BTreeSet<String>,
-}
-
-impl Locality {
-    pub fn new<'m>(index: Option<&Index>, modules: impl IntoIterator<Item = &'m String>) -> Self {
-        let mut l = Locality {
-            dirs: BTreeSet::new(),
-            sources: BTreeSet::new(),
-            part_syms: BTreeSet::new(),
-        };
-        for m in modules {
-            l.dirs.insert(crate::symbols::module_dir(m).to_string());
-            for o in index.map(|i| i.objects(m)).unwrap_or_default() {
-                let mut words = o.split(' ');
-                let obj = words.next().unwrap_or("");
-                if let Some(cond) = words.next() {
-                    l.part_syms.insert(
-                        cond.trim_matches(|c| c == '(' || c == ')')
-                            .trim_start_matches("CONFIG_")
-                            .to_string(),
-                    );
-                }
-                if let Some(stem) = obj.strip_suffix(".o") {
-                    l.dirs.insert(crate::symbols::module_dir(obj).to_string());
-                    l.sources.insert(format!("{stem}.c"));
-                    l.sources.insert(format!("{stem}.S"));
-                }
-            }
-        }
-        l
-    }
-
-    /// Whether a reference to `sym` in `file` (relative to the source tree) stays inside the
-    /// modules. A new module's own `obj-` line (and its parents' gates) only adds a module; a
-    /// sub-option in a Makefile is local when it picks the modules' own composite parts.
-    pub fn is_local(&self, file: &str, sym: &str, new_module: bool) -> bool {
-        let base = file.rsplit('/').next().unwrap_or(file);
-        if base.starts_with("Makefile") || base.starts_with("Kbuild") {
-            new_module
-                || (self
-                    .dirs
-                    .contains(crate::symbols::module_dir(file).as_str())
-                    && self.part_syms.contains(sym))
-        } else if file.ends_with(".h") {
-            self.dirs.iter().any(|d| file.starts_with(&format!("{d}/")))
-        } else {
-            self.sources.contains(file)
-        }
-    }
 }
 
 /// A request's value must be one `.config` value: `y`, `m`, `n`, a number, a plain word, or a
@@ -442,6 +343,7 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .into_iter()
         .map(|(symbol, old, new)| Change {
             why: "recomputed by this machine's toolchain without any request".into(),
+            objects: Vec::new(),
             symbol,
             old,
             new,
@@ -457,83 +359,61 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .collect();
 
     let ty = |s: &str| inp.index.and_then(|i| i.sym_type(s));
-    let mut mods: BTreeSet<String> = inp.modules.iter().cloned().collect();
-    if let Some(index) = inp.index {
-        for s in &new_modules {
-            mods.extend(index.modules(s));
-        }
-    }
-    let owned = Locality::new(inp.index, &mods);
-    let local = |f: &str, sym: &str, new_module: bool| owned.is_local(f, sym, new_module);
-    let needs_refs: Vec<String> = raw
+    // The base build's record and Kbuild's evaluation of the Makefiles judge every change.
+    let changed: Vec<String> = raw
         .iter()
-        .filter(|(s, o, n)| {
-            let removed_module = o.as_deref() == Some("m") && n.is_none();
-            let tristate_y =
-                ty(s) == Some(SymType::Tristate) && !(o.is_none() && n.as_deref() == Some("m"));
-            !(drifted.contains(s) || removed_module || tristate_y)
-        })
+        .filter(|(s, _, _)| !drifted.contains(s))
         .map(|(s, _, _)| s.clone())
         .collect();
-    let refs = match inp.src {
-        Some(src) => Some(references(src, &inp.k.srcarch, &needs_refs)?),
-        None => None,
+    let locality = crate::locality::Locality::for_tree(inp.k);
+    let delta = if changed.is_empty() || !locality.has_record() {
+        None
+    } else {
+        crate::locality::makefile_root(inp.k, inp.src).map(|root| {
+            let ev = crate::kbuild_eval::Evaluator {
+                srctree: root,
+                srcarch: inp.k.srcarch.clone(),
+                make_vars: inp.k.make_vars.clone(),
+                config: base.clone(),
+            };
+            let inputs = inp
+                .index
+                .map_or_else(|| inp.k.identity.clone(), |i| i.digest());
+            crate::locality::delta_for(&inputs, &ev, &variant)
+        })
     };
+    let verdicts = locality.judge(&changed, delta.as_ref(), inp.index);
     let mut changes = Vec::new();
     for (symbol, old, new) in raw {
         if drifted.contains(&symbol) {
             continue;
         }
         let new_module = old.is_none() && new.as_deref() == Some("m");
-        let (class, why) = if old.as_deref() == Some("m") && new.is_none() {
-            (Class::ModuleLocal, "module no longer built".to_string())
-        } else if ty(&symbol) == Some(SymType::Tristate) && !new_module {
+        let (class, why, objects) = if ty(&symbol) == Some(SymType::Tristate)
+            && new.as_deref() == Some("y")
+        {
             (
                 Class::KernelAffecting,
                 "a tristate built into the kernel (=y) changes vmlinux".to_string(),
+                Vec::new(),
             )
         } else {
-            match refs
-                .as_ref()
-                .map(|r| r.get(&symbol).cloned().unwrap_or_default())
-            {
-                None if new_module => (
+            match verdicts.get(&symbol) {
+                Some(crate::locality::Verdict::Local) | None => (
                     Class::ModuleLocal,
-                    "new module (no source tree to check its uses)".to_string(),
-                ),
-                None => (
-                    Class::KernelAffecting,
-                    "no source tree given to check where it is used".to_string(),
-                ),
-                Some(files) => {
-                    let outside: Vec<&String> = files
-                        .iter()
-                        .filter(|f| !local(f, &symbol, new_module))
-                        .collect();
-                    if outside.is_empty() {
-                        let what = if new_module {
-                            "new module"
-                        } else {
-                            "used only by the modules' own code"
-                        };
-                        (Class::ModuleLocal, what.to_string())
+                    if new_module {
+                        "new module; no built-in object depends on it and the built-in objects stay the same"
                     } else {
-                        let shown: Vec<&str> = outside.iter().take(3).map(|s| s.as_str()).collect();
-                        let more = if outside.len() > 3 {
-                            format!(" and {} more", outside.len() - 3)
-                        } else {
-                            String::new()
-                        };
-                        let what = if new_module {
-                            "code outside the module tests it"
-                        } else {
-                            "used outside the module's own code"
-                        };
-                        (
-                            Class::KernelAffecting,
-                            format!("{what}: {}{more}", shown.join(", ")),
-                        )
+                        "no built-in object depends on it and the built-in objects stay the same"
                     }
+                    .to_string(),
+                    Vec::new(),
+                ),
+                Some(crate::locality::Verdict::Kernel(why, objects)) => {
+                    (Class::KernelAffecting, why.clone(), objects.clone())
+                }
+                Some(crate::locality::Verdict::Unjudged(why)) => {
+                    (Class::KernelAffecting, why.clone(), Vec::new())
                 }
             }
         };
@@ -543,6 +423,7 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
             new,
             class,
             why,
+            objects,
         });
     }
 
@@ -621,6 +502,14 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         drift,
         not_applied,
         new_modules,
+        builtin_added: delta
+            .as_ref()
+            .map(|d| d.added.iter().cloned().collect())
+            .unwrap_or_default(),
+        builtin_removed: delta
+            .as_ref()
+            .map(|d| d.removed.iter().cloned().collect())
+            .unwrap_or_default(),
     };
     let report = t.join(REPORT);
     std::fs::write(

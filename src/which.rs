@@ -1,7 +1,9 @@
 //! `extmod which` and `extmod map`: which modules a symbol builds, and what gates them.
 
 use crate::kbuild::KbuildTree;
-use crate::symbols::{Index, ModuleInfo, SymType};
+use crate::kbuild_eval::Module;
+use crate::modmap::Kmap;
+use crate::symbols::{Index, SymType};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -9,9 +11,20 @@ pub struct GateState {
     pub dir: String,
     /// Symbols that enter the directory, with their base values; empty: always entered.
     pub symbols: Vec<(String, Option<String>)>,
+    /// Kbuild enters the directory under the base configuration.
     pub enabled: bool,
     /// No parent Makefile line enters it that the index could read.
     pub unknown: bool,
+}
+
+/// A module of a symbol, with its gating chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct MapModule {
+    #[serde(flatten)]
+    pub module: Module,
+    /// The base configuration builds it (Kbuild enters its directory and lists it in obj-m).
+    pub built: bool,
+    pub gates: Vec<GateState>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -20,48 +33,63 @@ pub struct SymbolReport {
     #[serde(rename = "type")]
     pub ty: Option<SymType>,
     pub base: Option<String>,
-    pub modules: Vec<ModuleInfo>,
+    /// As Kbuild computes them (make evaluated the Makefiles).
+    pub modules: Vec<MapModule>,
+    /// Directories make could not evaluate, with its message.
+    pub unevaluated: Vec<(String, String)>,
     /// Gating chain of the first module's directory.
     pub gates: Vec<GateState>,
     /// Why there is no answer (unknown symbol, not a module option, no Makefile line).
     pub error: Option<String>,
 }
 
-pub fn report(index: &Index, k: &KbuildTree, symbol: &str) -> SymbolReport {
+pub fn report(index: &Index, kmap: &Kmap, k: &KbuildTree, symbol: &str) -> SymbolReport {
     let sym = symbol.strip_prefix("CONFIG_").unwrap_or(symbol).to_string();
     let ty = index.sym_type(&sym);
     let base = k.value(&sym).map(str::to_string);
     // Only tristate symbols build modules; a bool's objects go into vmlinux.
-    let modules = if ty == Some(SymType::Tristate) {
-        index.module_infos(&sym)
+    let unevaluated = kmap
+        .syms
+        .get(&sym)
+        .map(|s| s.errors.clone())
+        .unwrap_or_default();
+    let gates_of = |path: &str| -> Vec<GateState> {
+        index
+            .gates(crate::symbols::module_dir(path).as_str())
+            .into_iter()
+            .map(|g| {
+                let symbols: Vec<(String, Option<String>)> = g
+                    .symbols
+                    .iter()
+                    .map(|s| (s.clone(), k.value(s).map(str::to_string)))
+                    .collect();
+                GateState {
+                    enabled: kmap.base.reached.contains(&g.dir),
+                    dir: g.dir,
+                    symbols,
+                    unknown: g.unknown,
+                }
+            })
+            .collect()
+    };
+    let modules: Vec<MapModule> = if ty == Some(SymType::Tristate) {
+        kmap.modules(&sym)
+            .iter()
+            .map(|m| MapModule {
+                built: kmap.base.built.contains(&m.path),
+                gates: gates_of(&m.path),
+                module: m.clone(),
+            })
+            .collect()
     } else {
         Vec::new()
     };
+    // The chain of the first module the base builds, else of the first.
     let gates = modules
-        .first()
-        .map(|m| {
-            index
-                .gates(crate::symbols::module_dir(&m.path).as_str())
-                .into_iter()
-                .map(|g| {
-                    let symbols: Vec<(String, Option<String>)> = g
-                        .symbols
-                        .iter()
-                        .map(|s| (s.clone(), k.value(s).map(str::to_string)))
-                        .collect();
-                    let enabled = symbols.is_empty()
-                        || symbols
-                            .iter()
-                            .any(|(_, v)| matches!(v.as_deref(), Some("y" | "m")));
-                    GateState {
-                        dir: g.dir,
-                        symbols,
-                        enabled,
-                        unknown: g.unknown,
-                    }
-                })
-                .collect()
-        })
+        .iter()
+        .find(|m| m.built)
+        .or(modules.first())
+        .map(|m| m.gates.clone())
         .unwrap_or_default();
     let error = match (ty, modules.is_empty()) {
         (None, _) => Some(format!(
@@ -81,16 +109,17 @@ pub fn report(index: &Index, k: &KbuildTree, symbol: &str) -> SymbolReport {
         ty,
         base,
         modules,
+        unevaluated,
         gates,
         error,
     }
 }
 
 /// Every tristate symbol with at least one module.
-pub fn map(index: &Index, k: &KbuildTree) -> Vec<SymbolReport> {
+pub fn map(index: &Index, kmap: &Kmap, k: &KbuildTree) -> Vec<SymbolReport> {
     index
         .tristates()
-        .map(|s| report(index, k, s))
+        .map(|s| report(index, kmap, k, s))
         .filter(|r| !r.modules.is_empty())
         .collect()
 }
@@ -108,14 +137,17 @@ pub fn lines(r: &SymbolReport) -> Vec<String> {
     for m in &r.modules {
         out.push(format!(
             "  module {}{}",
-            m.path,
-            if m.uncertain {
-                "  (uncertain: inside a make conditional)"
-            } else {
+            m.module.path,
+            if m.built {
                 ""
+            } else {
+                "  (not built by the base configuration)"
             }
         ));
-        out.push(format!("    objects: {}", m.objects.join(" ")));
+        out.push(format!("    objects: {}", m.module.objects.join(" ")));
+    }
+    for (dir, why) in &r.unevaluated {
+        out.push(format!("  make could not evaluate {dir}: {why}"));
     }
     if !r.gates.is_empty() {
         let chain: Vec<String> = r

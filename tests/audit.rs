@@ -202,3 +202,47 @@ fn openwrt_table_audit_completes() {
         "no KCONFIG"
     ));
 }
+
+/// Kernel-affecting KCONFIG follows the base build's fixdep record, as `extmod variant` does.
+#[test]
+fn kernel_affecting_follows_the_base_builds_record() {
+    let tk = test_kernel();
+    // The truth: printk.o (built in) was compiled depending on PRINTK_TIME; nothing built in
+    // depends on SQUASHFS_XZ.
+    let cmd = |o: &str| std::fs::read_to_string(tk.obj.join(o)).unwrap();
+    assert!(cmd("kernel/printk/.printk.o.cmd").contains("include/config/PRINTK_TIME)"));
+    let tmp = common::tempdir("extmod-audit-locality-");
+    let pf = tmp.path().join("p.toml");
+    std::fs::write(
+        &pf,
+        r#"
+[[package]]
+name = "kmod-time"
+kconfig = ["CONFIG_ZRAM", "CONFIG_PRINTK_TIME=y"]
+
+[[package]]
+name = "kmod-fs-squashfs"
+kconfig = ["CONFIG_SQUASHFS", "CONFIG_SQUASHFS_XZ=y"]
+"#,
+    )
+    .unwrap();
+    let (code, doc) = audit(&pf, &[]);
+    assert_eq!(code, 30, "{doc}");
+    assert!(
+        has(
+            &doc,
+            "kernel-affecting",
+            Some("kmod-time"),
+            "kernel/printk/printk.o"
+        ),
+        "{doc}"
+    );
+    assert!(
+        !doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "kernel-affecting" && f["package"] == "kmod-fs-squashfs"),
+        "{doc}"
+    );
+}

@@ -242,3 +242,98 @@ fn kernel_affecting_and_impossible_requests_are_refused() {
     }
     assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
 }
+
+/// `extmod variant --json` for `sets`, with or without the source tree; (exit code, report).
+fn variant(sets: &[&str], with_src: bool) -> (i32, Value) {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-verdict-");
+    let mut cmd = extmod();
+    cmd.env("XDG_CACHE_HOME", tmp.path().join("cache"))
+        .args(["variant", "--json", "--kbuild"])
+        .arg(kbuild());
+    if with_src {
+        cmd.arg("--srctree").arg(&tk.src);
+    }
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    let o = cmd.arg("--out").arg(tmp.path().join("v")).output().unwrap();
+    let doc: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    (o.status.code().unwrap(), doc)
+}
+
+fn change<'a>(v: &'a Value, sym: &str) -> &'a Value {
+    v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["symbol"] == sym)
+        .unwrap_or_else(|| panic!("no change of {sym}: {v}"))
+}
+
+/// The base build's own record: the objects of vmlinux.a whose `.cmd` lists `include/config/SYM`.
+fn builtin_dependents(sym: &str) -> Vec<String> {
+    let obj = &test_kernel().obj;
+    let data = std::fs::read(obj.join("vmlinux.a")).unwrap();
+    let text = String::from_utf8_lossy(&data);
+    text.split('\n')
+        .filter_map(|l| l.strip_suffix(".o/"))
+        .map(|stem| format!("{stem}.o"))
+        .filter(|o| {
+            let (dir, name) = o.rsplit_once('/').unwrap_or(("", o));
+            std::fs::read_to_string(obj.join(dir).join(format!(".{name}.cmd")))
+                .is_ok_and(|t| t.contains(&format!("include/config/{sym})")))
+        })
+        .collect()
+}
+
+#[test]
+fn verdicts_follow_the_base_builds_record() {
+    // ZSMALLOC m -> n changes struct zone (mmzone.h tests IS_ENABLED(CONFIG_ZSMALLOC)), which
+    // built-in mm/ code uses: not free, although it only removes modules.
+    let truth = builtin_dependents("ZSMALLOC");
+    assert!(truth.contains(&"mm/vmstat.o".to_string()), "{truth:?}");
+    for with_src in [true, false] {
+        let (code, v) = variant(&["CONFIG_ZSMALLOC=n", "CONFIG_ZRAM=n"], with_src);
+        assert_eq!(code, 28, "{v}");
+        let c = change(&v, "ZSMALLOC");
+        assert_eq!(c["class"], "kernel-affecting", "{c}");
+        let objects: Vec<&str> = c["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(objects.contains(&"mm/vmstat.o"), "{c}");
+        assert!(objects.iter().all(|o| truth.iter().any(|t| t == o)), "{c}");
+        // ZRAM itself is only a module.
+        assert_eq!(change(&v, "ZRAM")["class"], "module-local", "{v}");
+    }
+    // VLAN_8021Q=m: built-in net code depends on it (and Kbuild links vlan_core.o for =m).
+    assert!(!builtin_dependents("VLAN_8021Q").is_empty());
+    for with_src in [true, false] {
+        let (code, v) = variant(&["CONFIG_VLAN_8021Q=m"], with_src);
+        assert_eq!(code, 28, "with_src={with_src}: {v}");
+        assert_eq!(change(&v, "VLAN_8021Q")["class"], "kernel-affecting", "{v}");
+        // The Makefile-level fact: `obj-$(subst m,y,$(CONFIG_VLAN_8021Q)) += vlan_core.o`.
+        let added: Vec<&str> = v["builtin_added"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o.as_str().unwrap())
+            .collect();
+        assert!(added.contains(&"net/8021q/vlan_core.o"), "{v}");
+    }
+    // NLMON and squashfs sub-options: nothing built in depends on them.
+    assert!(builtin_dependents("NLMON").is_empty());
+    assert!(builtin_dependents("SQUASHFS_XZ").is_empty());
+    for with_src in [true, false] {
+        let (code, v) = variant(&["CONFIG_NLMON=m"], with_src);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(change(&v, "NLMON")["class"], "module-local", "{v}");
+        let (code, v) = variant(&["CONFIG_SQUASHFS=m", "CONFIG_SQUASHFS_XZ=y"], with_src);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(change(&v, "SQUASHFS_XZ")["class"], "module-local", "{v}");
+    }
+}

@@ -101,6 +101,11 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
         })?;
     let tmp_path = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8 parent");
     let counts = populate(&files, &src.path, &obj.path, &tmp_path, opts.copy)?;
+    // The base build's record of built-in objects and their config dependencies (absent when the
+    // kernel has no vmlinux.a: variants are then not judged).
+    if let Ok(index) = crate::builtin::BuiltinIndex::from_objtree(&obj.path) {
+        index.store(&tmp_path)?;
+    }
     on_event(Event::Populated {
         counts: counts.clone(),
     });
@@ -320,6 +325,8 @@ fn collect(src: &SourceTree, obj: &ObjTree, auto_conf: &str) -> Result<BTreeMap<
             .cloned(),
     );
     s.push("scripts/kconfig/merge_config.sh".into());
+    // Every kernel Makefile, so that Kbuild's own evaluation works without the source tree.
+    s.extend(crate::builtin::makefiles(&src.path, obj.srcarch()));
 
     let mut o = vec![
         "Module.symvers".to_string(),

@@ -6,7 +6,9 @@
 //! Kconfig file the architecture parses, a built `scripts/kconfig/conf`, and `System.map`. A
 //! manifest (`extmod-kbuild.json`) records what the tree was made from.
 
+pub mod builtin;
 pub mod cli;
+pub mod config;
 pub mod elf;
 pub mod error;
 pub mod fsutil;

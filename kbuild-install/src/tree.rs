@@ -340,12 +340,7 @@ impl AutoConfCmd {
 
 /// The value of `CONFIG_<sym>` in a `.config`/`auto.conf` text (`None` when unset).
 pub fn config_value<'a>(text: &'a str, sym: &str) -> Option<&'a str> {
-    let sym = sym.strip_prefix("CONFIG_").unwrap_or(sym);
-    text.lines().find_map(|l| {
-        l.strip_prefix("CONFIG_")
-            .and_then(|r| r.strip_prefix(sym))
-            .and_then(|r| r.strip_prefix('='))
-    })
+    crate::config::value(text, sym)
 }
 
 /// `CROSS_COMPILE` as the prefix of the recorded `CC` (`aarch64-linux-gnu-gcc` and the versioned

@@ -1,0 +1,530 @@
+//! Kbuild's own answer to "what does this directory build": GNU make reads the directory's
+//! Makefile and `scripts/Makefile.lib` exactly as `scripts/Makefile.build obj=<dir>` does, under a
+//! given configuration, and prints obj-y/obj-m, the subdirectories it descends into and the parts
+//! of every composite object (`real-search`, the same expansion that writes `<module>.mod`).
+//! Many directories share one make process (their variables are reset between them), and the
+//! batches run on all cores. A directory make cannot evaluate is reported with make's message.
+
+use camino::{Utf8Path, Utf8PathBuf};
+use kbuild_install::config::{self, Config};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A module as Kbuild computes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Module {
+    /// `drivers/block/zram/zram.ko`
+    pub path: String,
+    /// Its objects, as Kbuild writes them into `<module>.mod` (`fs/xfs/libxfs/xfs_ag.o`).
+    pub objects: Vec<String>,
+}
+
+/// One directory under one configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEval {
+    pub dir: String,
+    /// Objects linked into `built-in.a` or `lib.a` (composite objects replaced by their parts).
+    pub builtin: Vec<String>,
+    pub modules: Vec<Module>,
+    /// Subdirectories entered through `obj-y` (their built-in code is linked).
+    pub subdirs_y: Vec<String>,
+    /// Subdirectories entered through `obj-m` only.
+    pub subdirs_m: Vec<String>,
+    /// Why make could not evaluate the directory.
+    pub error: Option<String>,
+}
+
+/// A directory to evaluate, with symbols set differently from the configuration
+/// (`None`: not set).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Job {
+    pub dir: String,
+    pub flips: Vec<(String, Option<String>)>,
+}
+
+impl Job {
+    pub fn plain(dir: &str) -> Self {
+        Job {
+            dir: dir.to_string(),
+            flips: Vec::new(),
+        }
+    }
+}
+
+/// A batch's job ids, what make printed for them (by position), and make's error.
+type BatchResult = (Vec<usize>, BTreeMap<usize, DirEval>, Option<String>);
+
+/// Evaluates Makefiles of a source tree under one configuration.
+pub struct Evaluator {
+    /// Where the Makefiles are (the source tree, or a Kbuild tree that ships them).
+    pub srctree: Utf8PathBuf,
+    pub srcarch: String,
+    pub make_vars: Vec<String>,
+    pub config: Config,
+}
+
+const PROLOGUE: &str = r#".DEFAULT_GOAL := __extmod_done
+__extmod_done: ; @:
+include $(EXTMOD_AUTOCONF)
+obj :=
+include $(srctree)/scripts/Kbuild.include
+include $(srctree)/scripts/Makefile.compiler
+__extmod_lists := obj-y obj-m lib-y lib-m always-y always-m targets subdir-y subdir-m extra-y \
+  asflags-y ccflags-y cppflags-y ldflags-y rustflags-y subdir-asflags-y subdir-ccflags-y \
+  EXTRA_AFLAGS EXTRA_CFLAGS EXTRA_CPPFLAGS EXTRA_LDFLAGS hostprogs userprogs
+define __extmod_begin
+obj := $(1)
+src := $(if $(filter .,$(1)),$(srctree),$(srctree)/$(1))
+$(foreach v,$(__extmod_lists),$(eval $(v) :=))
+endef
+__extmod_pre = $(if $(filter .,$(obj)),,$(obj)/)
+define __extmod_end
+$(info @@D $(1))
+$(info @@Y $(addprefix $(__extmod_pre),$(__extmod_ysub)))
+$(info @@N $(addprefix $(__extmod_pre),$(__extmod_msub)))
+$(info @@O $(filter %.o,$(real-obj-y)) $(lib-y))
+$(foreach m,$(obj-m),$(info @@M $(m) $(addprefix $(__extmod_pre),$(call real-search,$(patsubst $(__extmod_pre)%,%,$(m)),.o,-objs -y -m))))
+$(foreach v,$(filter %-y %-m %-objs %- %-n,$(.VARIABLES)),$(eval undefine $(v)))
+endef
+"#;
+
+fn job_text(id: usize, job: &Job, base: &Config) -> String {
+    let mut t = String::new();
+    for (s, v) in &job.flips {
+        match v {
+            Some(v) => t.push_str(&format!("CONFIG_{s} := {v}\n")),
+            None => t.push_str(&format!("undefine CONFIG_{s}\n")),
+        }
+    }
+    t.push_str(&format!(
+        "$(eval $(call __extmod_begin,{}))\ninclude $(kbuild-file)\n__extmod_ysub := $(filter %/,$(obj-y))\n__extmod_msub := $(filter %/,$(obj-m))\ninclude $(srctree)/scripts/Makefile.lib\n$(eval $(call __extmod_end,{id}))\n",
+        job.dir
+    ));
+    for (s, _) in &job.flips {
+        match base.get(s) {
+            Some(v) => t.push_str(&format!("CONFIG_{s} := {v}\n")),
+            None => t.push_str(&format!("undefine CONFIG_{s}\n")),
+        }
+    }
+    t
+}
+
+/// `a/b/../c` → `a/c`.
+pub fn normalize(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.join("/")
+}
+
+fn parse_output(stdout: &str, jobs: &[Job]) -> BTreeMap<usize, DirEval> {
+    let mut out: BTreeMap<usize, DirEval> = BTreeMap::new();
+    let mut cur: Option<usize> = None;
+    let words = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_string).collect() };
+    for line in stdout.lines() {
+        let Some((tag, rest)) = line.split_at_checked(4) else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        match tag {
+            "@@D " => {
+                let id: usize = rest.trim().parse().unwrap_or(usize::MAX);
+                if let Some(job) = jobs.get(id) {
+                    out.insert(
+                        id,
+                        DirEval {
+                            dir: job.dir.clone(),
+                            ..DirEval::default()
+                        },
+                    );
+                    cur = Some(id);
+                } else {
+                    cur = None;
+                }
+            }
+            _ => {
+                let Some(e) = cur.and_then(|id| out.get_mut(&id)) else {
+                    continue;
+                };
+                match tag {
+                    "@@Y " => {
+                        e.subdirs_y = words(rest).iter().map(|d| normalize(d)).collect();
+                    }
+                    "@@N " => {
+                        e.subdirs_m = words(rest)
+                            .iter()
+                            .map(|d| normalize(d))
+                            .filter(|d| !e.subdirs_y.contains(d))
+                            .collect();
+                    }
+                    "@@O " => e.builtin = words(rest),
+                    "@@M " => {
+                        let w = words(rest);
+                        if let Some((m, parts)) = w.split_first() {
+                            let mut seen = BTreeSet::new();
+                            let objects = parts
+                                .iter()
+                                .filter(|p| seen.insert(p.to_string()))
+                                .cloned()
+                                .collect();
+                            e.modules.push(Module {
+                                path: format!("{}.ko", m.trim_end_matches(".o")),
+                                objects,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+fn make_error(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("warning:"))
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    let tail = lines
+        .iter()
+        .rev()
+        .take(2)
+        .rev()
+        .cloned()
+        .collect::<Vec<_>>();
+    if tail.is_empty() {
+        "make failed without a message".to_string()
+    } else {
+        tail.join(" / ")
+    }
+}
+
+impl Evaluator {
+    fn kbuild_file(&self, dir: &str) -> bool {
+        let d = if dir == "." {
+            self.srctree.clone()
+        } else {
+            self.srctree.join(dir)
+        };
+        d.join("Kbuild").is_file() || d.join("Makefile").is_file()
+    }
+
+    /// Run one make process over `jobs` (ids are their positions); `head` goes before them.
+    fn run_batch(
+        &self,
+        scratch: &Utf8Path,
+        head: &str,
+        jobs: &[Job],
+    ) -> (BTreeMap<usize, DirEval>, Option<String>) {
+        let mut text = String::from(head);
+        text.push_str("__extmod_done_prologue := 1\n");
+        for (i, j) in jobs.iter().enumerate() {
+            text.push_str(&job_text(i, j, &self.config));
+        }
+        let dir = match tempfile::Builder::new().prefix("eval-").tempdir_in(scratch) {
+            Ok(d) => d,
+            Err(e) => return (BTreeMap::new(), Some(format!("{scratch}: {e}"))),
+        };
+        let mk = dir.path().join("batch.mk");
+        if let Err(e) = std::fs::write(&mk, text) {
+            return (BTreeMap::new(), Some(format!("{}: {e}", mk.display())));
+        }
+        let mut args: Vec<String> = vec![
+            "-rR".into(),
+            "-s".into(),
+            "--no-print-directory".into(),
+            "-f".into(),
+            mk.display().to_string(),
+            format!("srctree={}", self.srctree),
+            "objtree=.".into(),
+            format!("SRCARCH={}", self.srcarch),
+            format!("EXTMOD_AUTOCONF={scratch}/auto.conf"),
+            "KBUILD_EXTMOD=".into(),
+        ];
+        args.extend(self.make_vars.iter().cloned());
+        if !self.make_vars.iter().any(|v| v.starts_with("ARCH=")) {
+            args.push(format!("ARCH={}", self.srcarch));
+        }
+        let expr = duct::cmd("make", &args)
+            .dir(dir.path())
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL")
+            .env_remove("MFLAGS");
+        match kbuild_install::process::run(expr, "make (Makefile evaluation)", true) {
+            Ok(fin) => {
+                let out = parse_output(&fin.stdout, jobs);
+                let err = (!fin.status.success()).then(|| make_error(&fin.stderr));
+                (out, err)
+            }
+            Err(e) => (BTreeMap::new(), Some(e.to_string())),
+        }
+    }
+
+    /// Evaluate every job; results in job order. Batches run in parallel; a failed batch is
+    /// retried one directory at a time so that only the directories make rejects carry an error.
+    pub fn eval(&self, jobs: &[Job]) -> Vec<DirEval> {
+        let mut results: Vec<Option<DirEval>> = vec![None; jobs.len()];
+        let Ok(scratch) = tempfile::Builder::new().prefix("extmod-eval-").tempdir() else {
+            return jobs
+                .iter()
+                .map(|j| DirEval {
+                    dir: j.dir.clone(),
+                    error: Some("cannot create a temporary directory".into()),
+                    ..DirEval::default()
+                })
+                .collect();
+        };
+        let scratch_path = Utf8PathBuf::from_path_buf(scratch.path().to_path_buf())
+            .unwrap_or_else(|_| Utf8PathBuf::from("/tmp"));
+        let _ = std::fs::write(scratch_path.join("auto.conf"), config::render(&self.config));
+        let mut runnable = Vec::new();
+        for (i, j) in jobs.iter().enumerate() {
+            if self.kbuild_file(&j.dir) {
+                runnable.push(i);
+            } else {
+                results[i] = Some(DirEval {
+                    dir: j.dir.clone(),
+                    error: Some(format!("no Kbuild or Makefile in {}", j.dir)),
+                    ..DirEval::default()
+                });
+            }
+        }
+        let (root, rest): (Vec<usize>, Vec<usize>) =
+            runnable.into_iter().partition(|i| jobs[*i].dir == ".");
+        // The top directory needs the architecture's core-y/libs-y/drivers-y.
+        let root_head = format!(
+            "{PROLOGUE}core-y :=\ndrivers-y :=\nlibs-y := lib/\ninclude $(srctree)/arch/$(SRCARCH)/Makefile\nARCH_CORE := $(core-y)\nARCH_LIB := $(filter %/, $(libs-y))\nARCH_DRIVERS := $(drivers-y) $(drivers-m)\n"
+        );
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 16);
+        let chunk = rest.len().div_ceil(workers).max(64);
+        let mut groups: Vec<(String, Vec<usize>)> = rest
+            .chunks(chunk)
+            .map(|c| (PROLOGUE.to_string(), c.to_vec()))
+            .collect();
+        for r in root {
+            groups.push((root_head.clone(), vec![r]));
+        }
+        let sp = &scratch_path;
+        let done: Vec<BatchResult> = std::thread::scope(|scope| {
+            let handles: Vec<_> = groups
+                .iter()
+                .map(|(head, ids)| {
+                    scope.spawn(move || {
+                        let batch: Vec<Job> = ids.iter().map(|i| jobs[*i].clone()).collect();
+                        let (out, err) = self.run_batch(sp, head, &batch);
+                        (ids.clone(), out, err)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("evaluation thread"))
+                .collect()
+        });
+        let mut retry = Vec::new();
+        for (ids, out, err) in done {
+            match err {
+                None => {
+                    for (k, e) in out {
+                        results[ids[k]] = Some(e);
+                    }
+                    for i in ids {
+                        if results[i].is_none() {
+                            retry.push(i);
+                        }
+                    }
+                }
+                Some(e) if ids.len() == 1 => {
+                    results[ids[0]] = Some(DirEval {
+                        dir: jobs[ids[0]].dir.clone(),
+                        error: Some(e),
+                        ..DirEval::default()
+                    });
+                }
+                Some(_) => retry.extend(ids),
+            }
+        }
+        // One directory per make process, on all cores.
+        if !retry.is_empty() {
+            let root_head = root_head.as_str();
+            let chunk = retry.len().div_ceil(workers).max(1);
+            let done: Vec<(usize, DirEval)> = std::thread::scope(|scope| {
+                let handles: Vec<_> = retry
+                    .chunks(chunk)
+                    .map(|ids| {
+                        scope.spawn(move || {
+                            ids.iter()
+                                .map(|i| {
+                                    let head = if jobs[*i].dir == "." {
+                                        root_head
+                                    } else {
+                                        PROLOGUE
+                                    };
+                                    let (mut out, err) =
+                                        self.run_batch(sp, head, std::slice::from_ref(&jobs[*i]));
+                                    let mut e = out.remove(&0).unwrap_or_else(|| DirEval {
+                                        dir: jobs[*i].dir.clone(),
+                                        ..DirEval::default()
+                                    });
+                                    if err.is_some() {
+                                        e.error = err;
+                                    }
+                                    (*i, e)
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .flat_map(|h| h.join().expect("evaluation thread"))
+                    .collect()
+            });
+            for (i, e) in done {
+                results[i] = Some(e);
+            }
+        }
+        results
+            .into_iter()
+            .zip(jobs)
+            .map(|(r, j)| {
+                r.unwrap_or_else(|| DirEval {
+                    dir: j.dir.clone(),
+                    error: Some("make printed nothing for it".into()),
+                    ..DirEval::default()
+                })
+            })
+            .collect()
+    }
+
+    /// Descend from the top directory as Kbuild does, one level per round.
+    pub fn walk(&self) -> TreeEval {
+        let mut tree = TreeEval::default();
+        let mut level = vec![".".to_string()];
+        tree.builtin_dirs.insert(".".to_string());
+        while !level.is_empty() {
+            let jobs: Vec<Job> = level.iter().map(|d| Job::plain(d)).collect();
+            if std::env::var_os("EXTMOD_EVAL_TRACE").is_some() {
+                eprintln!("walk level: {} directories", jobs.len());
+            }
+            let mut next = Vec::new();
+            for e in self.eval(&jobs) {
+                let builtin = tree.builtin_dirs.contains(&e.dir);
+                for s in e.subdirs_y.iter().chain(&e.subdirs_m) {
+                    if builtin && e.subdirs_y.contains(s) {
+                        tree.builtin_dirs.insert(s.clone());
+                    }
+                    if !tree.dirs.contains_key(s) && !next.contains(s) && !level.contains(s) {
+                        next.push(s.clone());
+                    }
+                }
+                tree.dirs.insert(e.dir.clone(), e);
+            }
+            level = next;
+        }
+        tree
+    }
+}
+
+/// The whole tree under one configuration, as Kbuild descends it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TreeEval {
+    pub dirs: BTreeMap<String, DirEval>,
+    /// Directories whose built-in objects are linked into vmlinux (entered by obj-y all the way).
+    pub builtin_dirs: BTreeSet<String>,
+}
+
+impl TreeEval {
+    /// Every module the configuration builds.
+    pub fn modules(&self) -> impl Iterator<Item = &Module> {
+        self.dirs.values().flat_map(|d| d.modules.iter())
+    }
+
+    /// Every object linked into vmlinux.
+    pub fn builtin_objects(&self) -> BTreeSet<String> {
+        self.builtin_dirs
+            .iter()
+            .filter_map(|d| self.dirs.get(d))
+            .flat_map(|d| d.builtin.iter().map(|o| normalize(o)))
+            .collect()
+    }
+
+    /// Directories make could not evaluate, with the reason.
+    pub fn errors(&self) -> Vec<(&str, &str)> {
+        self.dirs
+            .values()
+            .filter_map(|d| d.error.as_deref().map(|e| (d.dir.as_str(), e)))
+            .collect()
+    }
+}
+
+/// Where the walk of `ev`'s configuration is cached.
+pub fn walk_path(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> Utf8PathBuf {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        ev.srctree.as_str(),
+        &ev.srcarch,
+        &ev.make_vars.join(" "),
+        &config::render(&ev.config),
+        inputs,
+        env!("CARGO_PKG_VERSION"),
+        "walk-1",
+    ] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let key = format!("{:x}", h.finalize());
+    cache.join(format!("walk-{}.json", &key[..20]))
+}
+
+/// A cached walk: keyed by the Makefiles' state (`inputs`, e.g. the text index's digest), the
+/// configuration and how make is called.
+pub fn cached_walk(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> TreeEval {
+    let path = walk_path(ev, inputs, cache);
+    if let Ok(data) = std::fs::read(&path)
+        && let Ok(t) = serde_json::from_slice::<TreeEval>(&data)
+    {
+        return t;
+    }
+    let t = ev.walk();
+    if std::fs::create_dir_all(cache).is_ok()
+        && let Ok(tmp) = tempfile::NamedTempFile::new_in(cache)
+        && serde_json::to_writer(std::io::BufWriter::new(tmp.as_file()), &t).is_ok()
+    {
+        let _ = tmp.persist(&path);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_make_output() {
+        let jobs = vec![Job::plain("fs/xfs")];
+        let out = "noise\n@@D 0\n@@Y fs/xfs/sub/\n@@N fs/xfs/sub/ fs/xfs/m/\n@@O fs/xfs/a.o\n@@M fs/xfs/xfs.o fs/xfs/libxfs/xfs_ag.o fs/xfs/x.o fs/xfs/x.o\n";
+        let e = &parse_output(out, &jobs)[&0];
+        assert_eq!(e.subdirs_y, ["fs/xfs/sub"]);
+        assert_eq!(e.subdirs_m, ["fs/xfs/m"]);
+        assert_eq!(e.builtin, ["fs/xfs/a.o"]);
+        assert_eq!(e.modules[0].path, "fs/xfs/xfs.ko");
+        assert_eq!(
+            e.modules[0].objects,
+            ["fs/xfs/libxfs/xfs_ag.o", "fs/xfs/x.o"]
+        );
+        assert_eq!(normalize("drivers/a/../b/./c.o"), "drivers/b/c.o");
+    }
+}
