@@ -295,6 +295,21 @@ impl Installer {
             tool: "scripts/sign-file".into(),
             role: "the kernel's module signer (built with CONFIG_MODULE_SIG)",
         })?;
+        // A key and certificate already checked (same bytes) need no openssl run: a no-op
+        // build stays fast.
+        let checked = checked_pair(&key, &cert, pkcs11);
+        if let Some(name) = checked
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+        {
+            return Ok(Some(Signer {
+                sign_file,
+                hash,
+                key,
+                cert,
+                name,
+            }));
+        }
         let openssl = tool(
             "openssl",
             "checking the signing key against its certificate",
@@ -325,6 +340,11 @@ impl Installer {
             }
         }
         let name = cert_subject_cn(&openssl, &cert).unwrap_or_default();
+        if let Some(p) = &checked {
+            // Best effort: without the record the next run checks again.
+            let _ = std::fs::create_dir_all(p.parent().expect("in the cache"));
+            let _ = std::fs::write(p, &name);
+        }
         Ok(Some(Signer {
             sign_file,
             hash,
@@ -520,6 +540,18 @@ fn default_cert(k: &KbuildTree) -> Option<Utf8PathBuf> {
         let p = m.made_from.objtree.join(CERT);
         p.is_file().then_some(p)
     })
+}
+
+/// Where the check of a key file and certificate with these exact bytes is recorded (the
+/// certificate's CN inside); `None` for `pkcs11:` keys or unreadable files.
+fn checked_pair(key: &str, cert: &Utf8Path, pkcs11: bool) -> Option<Utf8PathBuf> {
+    if pkcs11 {
+        return None;
+    }
+    let mut h = Sha256::new();
+    h.update(Sha256::digest(std::fs::read(key).ok()?));
+    h.update(Sha256::digest(std::fs::read(cert).ok()?));
+    Some(crate::cache::dir("signing-checked").join(format!("{:x}", h.finalize())))
 }
 
 /// `openssl x509 -noout <query>` of a DER or PEM certificate (`Err` with openssl's words when
