@@ -96,10 +96,10 @@ impl KbuildTree {
                 v
             }
         };
+        // As `.o` paths, whichever generation of Kbuild wrote it.
         let modules_order = read_opt(&path.join("modules.order")).map(|t| {
-            t.lines()
-                .map(|l| l.trim().to_string())
-                .filter(|l| !l.is_empty())
+            kbuild_install::tree::module_stems(&t)
+                .map(|s| format!("{s}.o"))
                 .collect()
         });
         let mut h = Sha256::new();

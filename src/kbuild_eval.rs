@@ -63,12 +63,17 @@ pub struct Evaluator {
     pub config: Config,
 }
 
-const PROLOGUE: &str = r#".DEFAULT_GOAL := __extmod_done
+/// The makefile text every evaluation starts with; part of every cache key built on it.
+pub(crate) const PROLOGUE: &str = r#".DEFAULT_GOAL := __extmod_done
 __extmod_done: ; @:
 include $(EXTMOD_AUTOCONF)
 obj :=
 include $(srctree)/scripts/Kbuild.include
 include $(srctree)/scripts/Makefile.compiler
+# Kbuild.include defines it since 6.2; 6.1's Makefile.build computed the same file itself.
+ifeq ($(origin kbuild-file),undefined)
+kbuild-file = $(or $(wildcard $(src)/Kbuild),$(src)/Makefile)
+endif
 __extmod_lists := obj-y obj-m lib-y lib-m always-y always-m targets subdir-y subdir-m extra-y \
   asflags-y ccflags-y cppflags-y ldflags-y rustflags-y subdir-asflags-y subdir-ccflags-y \
   EXTRA_AFLAGS EXTRA_CFLAGS EXTRA_CPPFLAGS EXTRA_LDFLAGS hostprogs userprogs
@@ -480,6 +485,7 @@ pub fn walk_path(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> Utf8PathBuf 
         &config::render(&ev.config),
         inputs,
         env!("CARGO_PKG_VERSION"),
+        PROLOGUE,
         "walk-1",
     ] {
         h.update((part.len() as u64).to_le_bytes());

@@ -426,6 +426,7 @@ fn key(index: &Index, ev: &Evaluator) -> String {
         &kbuild_install::config::render(&ev.config),
         &index.digest(),
         env!("CARGO_PKG_VERSION"),
+        crate::kbuild_eval::PROLOGUE,
         "map-4",
     ] {
         h.update((part.len() as u64).to_le_bytes());

@@ -552,13 +552,14 @@ fn check_make_vars(obj: &ObjTree, vars: &[String]) -> Result<()> {
 /// base build made, with that object's path.
 fn base_compile_command(obj: &Utf8Path) -> Option<(String, String)> {
     let order = fs::read_to_string(obj.join("modules.order")).ok()?;
-    let first = order.lines().next()?.trim();
-    let (dir, file) = first.rsplit_once('/').unwrap_or(("", first));
-    let cmd_file = obj.join(dir).join(format!(".{file}.cmd"));
-    let text = fs::read_to_string(&cmd_file).ok()?;
-    let line = text.lines().find(|l| l.starts_with("savedcmd_"))?;
-    let cmd = line.split_once(":=")?.1.trim().to_string();
-    Some((first.to_string(), cmd))
+    // The first module whose object was compiled from one source (a composite one is linked).
+    crate::tree::module_stems(&order).find_map(|stem| {
+        let (dir, file) = stem.rsplit_once('/').unwrap_or(("", stem));
+        let text = fs::read_to_string(obj.join(dir).join(format!(".{file}.o.cmd"))).ok()?;
+        let line = text.lines().find(|l| l.starts_with("savedcmd_"))?;
+        let cmd = line.split_once(":=")?.1.trim().to_string();
+        cmd.contains(" -c ").then(|| (format!("{stem}.o"), cmd))
+    })
 }
 
 /// The vermagic and target machine of the first module the base build made, if it made any.
@@ -566,10 +567,7 @@ fn base_vermagic(obj: &Utf8Path) -> Result<(Option<String>, Option<String>)> {
     let Ok(order) = fs::read_to_string(obj.join("modules.order")) else {
         return Ok((None, None));
     };
-    for line in order.lines() {
-        let Some(stem) = line.trim().strip_suffix(".o") else {
-            continue;
-        };
+    for stem in crate::tree::module_stems(&order) {
         let ko = obj.join(format!("{stem}.ko"));
         if ko.is_file() {
             return Ok((

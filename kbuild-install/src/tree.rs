@@ -343,6 +343,15 @@ pub fn config_value<'a>(text: &'a str, sym: &str) -> Option<&'a str> {
     crate::config::value(text, sym)
 }
 
+/// The modules a `modules.order` lists, without their suffix: `drivers/net/dummy` from
+/// `drivers/net/dummy.o` (6.2 and later) or `drivers/net/dummy.ko` (6.1 and earlier).
+pub fn module_stems(order: &str) -> impl Iterator<Item = &str> {
+    order.lines().filter_map(|l| {
+        let l = l.trim();
+        l.strip_suffix(".o").or_else(|| l.strip_suffix(".ko"))
+    })
+}
+
 /// `CROSS_COMPILE` as the prefix of the recorded `CC` (`aarch64-linux-gnu-gcc` and the versioned
 /// `aarch64-linux-gnu-gcc-12` → `aarch64-linux-gnu-`).
 pub fn cross_compile_of(cc: &str) -> String {
@@ -493,6 +502,12 @@ mod tests {
         );
         assert_eq!(cross_compile_of("gcc-12"), "");
         assert_eq!(cross_compile_of("/usr/bin/gcc"), "");
+    }
+
+    #[test]
+    fn modules_order_of_either_generation() {
+        let v: Vec<&str> = module_stems("mm/zsmalloc.o\nfs/nls/nls_base.ko\n\nodd\n").collect();
+        assert_eq!(v, ["mm/zsmalloc", "fs/nls/nls_base"]);
     }
 
     #[test]
