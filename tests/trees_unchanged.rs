@@ -16,6 +16,9 @@ fn cross_source_and_object_trees_are_unchanged() {
             check(common::cross_kernel(target));
         }
     }
+    if std::path::Path::new("/usr/src/linux-source-6.1.tar.xz").exists() {
+        check(common::kernel(common::Target::X86_64, "6.1"));
+    }
 }
 
 fn check(tk: &common::TestKernel) {
