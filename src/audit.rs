@@ -32,7 +32,7 @@ pub enum Level {
 pub struct Finding {
     pub level: Level,
     /// unpackaged, missing-dependency, kernel-affecting, default-reliance, files-missing,
-    /// files-extra, autoload-not-in-files
+    /// files-extra, autoload-not-in-files, unknown-symbol
     pub kind: &'static str,
     pub package: Option<String>,
     /// What the finding is about, where one thing is: the module (unpackaged) or the
@@ -210,6 +210,20 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             },
         );
         let named: BTreeSet<&str> = p.kconfig.iter().map(|r| r.symbol.as_str()).collect();
+        for r in &p.kconfig {
+            if inp.index.sym_type(&r.symbol).is_none() {
+                findings.push(Finding {
+                    level: Level::Warning,
+                    kind: "unknown-symbol",
+                    package: Some(p.name.clone()),
+                    subject: Some(format!("CONFIG_{}", r.symbol)),
+                    message: format!(
+                        "CONFIG_{} is not a Kconfig symbol of this kernel: `extmod build` refuses it (exit 20) unless the package sets ignore_unknown; OpenWrt's Kconfig merge drops it",
+                        r.symbol
+                    ),
+                });
+            }
+        }
         if !files.is_empty() && !predicted.is_empty() {
             for f in files.difference(&predicted) {
                 let builders = inp.kmap.symbols_for(f);

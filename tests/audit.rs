@@ -63,6 +63,10 @@ kconfig = ["CONFIG_DUMMY", "CONFIG_HW_RANDOM=y"]
 name = "kmod-typo"
 kconfig = ["CONFIG_VETH"]
 files = ["drivers/net/veth.ko", "drivers/net/vethh.ko"]
+
+[[package]]
+name = "kmod-old-name"
+kconfig = ["CONFIG_CRC7", "CONFIG_CRC7_RENAMED_LONG_AGO"]
 "#,
     )
     .unwrap();
@@ -122,6 +126,16 @@ files = ["drivers/net/veth.ko", "drivers/net/vethh.ko"]
         ),
         "{doc}"
     );
+    assert!(
+        has(
+            &doc,
+            "unknown-symbol",
+            Some("kmod-old-name"),
+            "CONFIG_CRC7_RENAMED_LONG_AGO is not a Kconfig symbol of this kernel"
+        ),
+        "{doc}"
+    );
+    assert!(!has(&doc, "unknown-symbol", Some("kmod-typo"), ""), "{doc}");
     assert!(
         !has(&doc, "unpackaged", None, "drivers/block/zram/zram.ko"),
         "{doc}"
