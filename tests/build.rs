@@ -597,6 +597,74 @@ fn debian_modules_match_linux_image_once_unsigned() {
     let _ = release;
 }
 
+/// 40 of Debian's `=m` symbols, drawn with a fixed seed from those whose modules Debian builds
+/// and that have at most three objects (so the test stays within minutes), build against
+/// Debian's headers with the modules Kbuild's own evaluation predicts.
+#[test]
+fn debian_random_sample_of_module_symbols_builds() {
+    let Some(headers) = common::debian_headers() else {
+        return;
+    };
+    let tk = test_kernel();
+    let o = extmod()
+        .args(["map", "--json", "-K"])
+        .arg(&headers)
+        .arg("-S")
+        .arg(&tk.src)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let map = json_of(&o.stdout);
+    let mut candidates: Vec<&str> = map
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            let mods = r["modules"].as_array().unwrap();
+            r["base"] == "m"
+                && !mods.is_empty()
+                && mods.iter().all(|m| m["built"] == true)
+                && mods
+                    .iter()
+                    .map(|m| m["objects"].as_array().unwrap().len())
+                    .sum::<usize>()
+                    <= 3
+        })
+        .map(|r| r["symbol"].as_str().unwrap())
+        .collect();
+    candidates.sort();
+    assert!(candidates.len() > 1000, "{}", candidates.len());
+    let mut x: u64 = 20261204;
+    let mut pick: Vec<&str> = Vec::new();
+    while pick.len() < 40 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let s = candidates[((x >> 33) as usize) % candidates.len()];
+        if !pick.contains(&s) {
+            pick.push(s);
+        }
+    }
+    let tmp = common::tempdir("extmod-build-deb-sample-");
+    let o = extmod()
+        .arg("build")
+        .arg("-K")
+        .arg(&headers)
+        .arg("-S")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(tmp.path().join("objs"))
+        .arg("-O")
+        .arg(tmp.path().join("out"))
+        .args(["--raw", "--keep-going", "--json"])
+        .args(&pick)
+        .output()
+        .unwrap();
+    let doc = json_of(&o.stdout);
+    assert_eq!(doc["summary"]["built"], 40, "{doc}");
+    assert_eq!(o.status.code(), Some(0));
+}
+
 #[test]
 fn shares_makes_jobserver_from_a_plus_recipe() {
     let tk = test_kernel();
