@@ -337,3 +337,62 @@ fn verdicts_follow_the_base_builds_record() {
         assert_eq!(change(&v, "SQUASHFS_XZ")["class"], "module-local", "{v}");
     }
 }
+
+/// A module whose parts live in subdirectories (`lib/zstd/zstd_compress.ko` links
+/// `compress/*.o`), built through a module-local variant (`CONFIG_CRYPTO_ZSTD=m` selects it):
+/// every directory the build writes is a real one in the overlay, the objects land there, the
+/// module's `.mod` lists them as Kbuild computed, and the source tree is byte-for-byte unchanged
+/// (make ran with it read-only; `tests/hostile.rs` proves the guard itself).
+#[test]
+fn module_with_parts_in_subdirectories_builds() {
+    let tk = test_kernel();
+    let src_before = fingerprint(&tk.src);
+    let tmp = common::tempdir("extmod-variant-subdir-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let pf = tmp.path().join("p.toml");
+    std::fs::write(
+        &pf,
+        "[[package]]\nname = \"kmod-crypto-zstd\"\nkconfig = [\"CONFIG_CRYPTO_ZSTD\"]\n\
+         files = [\"lib/zstd/zstd_compress.ko\", \"crypto/zstd.ko\"]\n",
+    )
+    .unwrap();
+    let (code, doc, err) = build(&d, &out, &["--raw", "--packages", pf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}\n{doc}");
+    assert_eq!(
+        package(&doc, "kmod-crypto-zstd")["status"],
+        "built",
+        "{doc}"
+    );
+    let tree = d.join("kmod-crypto-zstd/tree");
+    let sub = tree.join("lib/zstd/compress");
+    let meta = std::fs::symlink_metadata(&sub).unwrap();
+    assert!(
+        meta.is_dir() && !meta.file_type().is_symlink(),
+        "{sub:?} is not a real directory"
+    );
+    let parts = std::fs::read_to_string(tree.join("lib/zstd/zstd_compress.mod")).unwrap();
+    let parts: Vec<&str> = parts.split_whitespace().collect();
+    assert!(
+        parts.iter().any(|p| p.starts_with("lib/zstd/compress/")),
+        "{parts:?}"
+    );
+    for p in &parts {
+        assert!(tree.join(p).is_file(), "{p} not built in the overlay");
+        let real = std::fs::canonicalize(tree.join(p)).unwrap();
+        assert!(
+            !real.starts_with(&tk.src),
+            "{p} was written into the source tree"
+        );
+    }
+    assert!(
+        out.join("kmod-crypto-zstd/lib/modules")
+            .join(tk.release())
+            .join("kernel/lib/zstd/zstd_compress.ko")
+            .is_file()
+    );
+    assert_eq!(
+        fingerprint(&tk.src),
+        src_before,
+        "the source tree was modified"
+    );
+}
