@@ -198,7 +198,7 @@ pub fn run(
         emit(Event::Warning(w));
     }
     let install_root = match &opts.install_mod_path {
-        Some(p) => Some(output_dir(p, &src, &k)?),
+        Some(p) => Some(output_dir(p, &protected, &objdir, &dest)?),
         None => None,
     };
     let installer = Installer::resolve(&k, &opts.install)?;
@@ -1421,8 +1421,7 @@ fn stage(
     std::fs::write(&pkg_symvers, &symvers).map_err(|e| KError::io("write", &pkg_symvers, e))?;
     check_interrupted()?;
     kbuild_install::fsutil::replace_dir(tmp, &ctx.staged(name), &ctx.dest, name)?;
-    let cc = ctx.k.manifest.as_ref().map_or("gcc", |m| m.cc.as_str());
-    let inputs = inputs(&tree, job, extra, cc);
+    let inputs = inputs(&tree, job, extra, &ctx.k.compiler());
     // An input changed while make ran: the modules may not reflect it, so no state is written
     // and the next run builds again.
     let started_ns = started
@@ -1500,29 +1499,19 @@ fn install_all(ctx: &Ctx, root: &Utf8Path, results: &[PackageResult]) -> Result<
     Ok(())
 }
 
-/// An extra output directory (`--install-mod-path`): absolute, never inside S or K.
-fn output_dir(p: &Utf8Path, src: &SourceTree, k: &KbuildTree) -> Result<Utf8PathBuf, Error> {
+/// An extra output directory (`--install-mod-path`): checked like D and OUT (outside S, K and
+/// the trees K was made from, apart from D and OUT).
+fn output_dir(
+    p: &Utf8Path,
+    protected: &[(Utf8PathBuf, &'static str)],
+    objdir: &Utf8Path,
+    dest: &Utf8Path,
+) -> Result<Utf8PathBuf, Error> {
     crate::error::check_kbuild_path(p)?;
-    let p = kbuild_install::install::absolute(p)?;
-    let p = kbuild_install::tree::resolve(&p)?;
-    for (tree, which) in [(&src.path, "source"), (&k.path, "Kbuild")] {
-        if p.starts_with(tree) {
-            return Err(KError::DestInsideTree {
-                dest: p,
-                which,
-                tree: tree.clone(),
-            }
-            .into());
-        }
-        if tree.starts_with(&p) {
-            return Err(KError::TreeInsideDest {
-                dest: p,
-                which,
-                tree: tree.clone(),
-            }
-            .into());
-        }
-    }
+    let p = kbuild_install::tree::resolve(&kbuild_install::install::absolute(p)?)?;
+    crate::guard::check_outside(&p, protected)?;
+    crate::guard::check_apart(objdir, &p)?;
+    crate::guard::check_apart(dest, &p)?;
     Ok(p)
 }
 

@@ -186,11 +186,9 @@ impl Installer {
             } else {
                 s.split_whitespace().map(str::to_string).collect()
             };
-            me.strip = Some((strip_tool(&k.make_vars), args));
-            which::which(&me.strip.as_ref().expect("set").0).map_err(|_| KError::MissingTool {
-                tool: me.strip.as_ref().expect("set").0.clone(),
-                role: "strip (INSTALL_MOD_STRIP)",
-            })?;
+            let strip = strip_tool(&k.make_vars);
+            tool(&strip, "strip (INSTALL_MOD_STRIP)")?;
+            me.strip = Some((strip, args));
         }
         me.sign = Self::signer(k, opts, &mut me.notes)?;
         me.compress = Compression::of(k);

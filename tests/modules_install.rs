@@ -228,6 +228,24 @@ fn bad_keys_certificates_and_tools_are_refused_before_building() {
         assert!(!t.join("objs").exists(), "{args:?}: something was built");
     }
 
+    // The merged install tree is an output like OUT: never inside the Kbuild tree, never OUT.
+    for (root, code, text) in [
+        (kbuild().join("merged"), 14, "inside"),
+        (t.join("out"), 14, "overlap"),
+    ] {
+        let o = build_cmd(tk, t)
+            .arg("--install-mod-path")
+            .arg(&root)
+            .arg("CONFIG_DUMMY")
+            .assert()
+            .code(code)
+            .get_output()
+            .clone();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(text), "{}: {err}", root.display());
+        assert!(!root.exists() && !t.join("objs").exists());
+    }
+
     // A key and certificate that belong together sign, and the signer is the certificate's.
     let o = build_cmd(tk, t)
         .args(["--json", "--sign-key"])
