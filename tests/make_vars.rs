@@ -36,6 +36,10 @@ fn base_build_flags_are_recorded_passed_and_checked() {
         (vec!["O=/tmp/elsewhere"], "selects the trees a build uses"),
         (vec!["KCFLAGS"], "not VAR=VALUE"),
         (vec!["1X=y"], "not a make variable assignment"),
+        (
+            vec!["LLVM=$(shell touch /tmp/extmod-injected)"],
+            "make would expand",
+        ),
     ] {
         let o = kbuild_install(&k, &vars);
         let err = String::from_utf8_lossy(&o.stderr);

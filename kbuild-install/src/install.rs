@@ -527,6 +527,10 @@ fn check_make_vars(obj: &ObjTree, vars: &[String]) -> Result<()> {
         if !name_ok || value.contains('\n') {
             return Err(bad(v, "not a make variable assignment".into()));
         }
+        // make expands `$(...)` in a command-line value (`$(shell ...)` would run).
+        if value.contains('$') {
+            return Err(bad(v, "make would expand `$` in it".into()));
+        }
         if REDIRECTING.contains(&name) {
             return Err(bad(
                 v,
