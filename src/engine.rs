@@ -3,6 +3,7 @@
 
 use crate::error::{Error, code};
 use crate::events::{Event, PackageResult, Phases, Refusal, Status};
+use crate::generation::Generation;
 use crate::kbuild::{KbuildTree, Kind};
 use crate::modinst::{InstalledModule, Installer};
 use crate::overlay::{self, Layers};
@@ -95,6 +96,9 @@ struct State {
     installed: Vec<InstalledModule>,
 }
 
+/// Make variables (`NAME=value`), or why they could not be had.
+type MakeVars = Result<Vec<String>, String>;
+
 struct Ctx {
     k: KbuildTree,
     src: SourceTree,
@@ -107,6 +111,10 @@ struct Ctx {
     installer: Installer,
     /// Trees make runs with read-only (S, K, the trees K was made from), where possible.
     protected: Vec<Utf8PathBuf>,
+    /// How this kernel's Kbuild places external module builds.
+    generation: Generation,
+    /// `ARCH_CORE=...` etc. by configuration (`None`: the base), for 6.13+ builds.
+    arch_dirs: Mutex<HashMap<Option<Utf8PathBuf>, MakeVars>>,
 }
 
 impl Ctx {
@@ -118,19 +126,45 @@ impl Ctx {
     /// Kbuild's answer for the modules of `syms` under the base configuration, or under a
     /// variant's (its `auto.conf`).
     fn kmap(&self, syms: &[String], variant: Option<&Utf8Path>) -> crate::modmap::Kmap {
+        crate::modmap::for_symbols(self.index(), &self.evaluator(variant), syms)
+    }
+    /// Kbuild's Makefile evaluation under the base configuration or a variant's.
+    fn evaluator(&self, variant: Option<&Utf8Path>) -> crate::kbuild_eval::Evaluator {
         let mut ev = crate::modmap::evaluator(&self.k, &self.src.path);
         if let Some(dir) = variant
             && let Ok(text) = std::fs::read_to_string(dir.join("include/config/auto.conf"))
         {
             ev.config = kbuild_install::config::parse(&text);
         }
-        crate::modmap::for_symbols(self.index(), &ev, syms)
+        ev
+    }
+    /// The make variables a build of `job` needs beyond the Kbuild tree's own: since 6.13 the
+    /// architecture's directories that the top Makefile gives the top Kbuild only in-tree.
+    fn generation_vars(&self, job: &Job) -> MakeVars {
+        if !self.generation.needs_arch_dirs() {
+            return Ok(Vec::new());
+        }
+        let key = job.variant.as_ref().map(|v| v.dir.clone());
+        let mut cache = self.arch_dirs.lock().expect("arch dirs lock");
+        cache
+            .entry(key.clone())
+            .or_insert_with(|| {
+                self.evaluator(key.as_deref())
+                    .arch_dirs()
+                    .map_err(|e| format!("cannot evaluate the architecture's Makefile: {e}"))
+            })
+            .clone()
     }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)
     }
     fn tree(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name).join("tree")
+    }
+    /// Where make writes the package's objects (the overlay up to 6.12).
+    fn out(&self, name: &str) -> Utf8PathBuf {
+        self.generation
+            .out_root(&self.tree(name), &self.pkg_dir(name))
     }
     fn staged(&self, name: &str) -> Utf8PathBuf {
         self.dest.join(name)
@@ -203,6 +237,7 @@ pub fn run(
     };
     let installer = Installer::resolve(&k, &opts.install)?;
     let packages = crate::package::order(opts.packages.clone())?;
+    let generation = Generation::of_release(&k.kernelrelease);
     let ctx = Ctx {
         k,
         src,
@@ -214,6 +249,8 @@ pub fn run(
         external: opts.external,
         installer,
         protected: protected.into_iter().map(|(p, _)| p).collect(),
+        generation,
+        arch_dirs: Mutex::new(HashMap::new()),
     };
 
     // Locks (per package, in D and OUT) before reading any state; a dry run writes nothing.
@@ -695,12 +732,12 @@ fn normalize(path: &str) -> Option<String> {
 }
 
 fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -> Vec<String> {
-    let mut args = vec![
-        "-C".to_string(),
-        ctx.tree(&job.pkg.name).to_string(),
-        format!("M={}", unit.dir),
-    ];
+    let name = &job.pkg.name;
+    let mut args = ctx
+        .generation
+        .placement(&ctx.tree(name), &ctx.out(name), &unit.dir);
     args.extend(ctx.k.make_vars.iter().cloned());
+    args.extend(ctx.generation_vars(job).unwrap_or_default());
     if !ctx.external {
         args.push(format!(
             "MODPOST={}",
@@ -719,7 +756,7 @@ fn make_args(ctx: &Ctx, job: &Job, unit: &Unit, extra_symbols: &[Utf8PathBuf]) -
         let list: Vec<&str> = extra_symbols.iter().map(|p| p.as_str()).collect();
         args.push(format!("KBUILD_EXTRA_SYMBOLS={}", list.join(" ")));
     }
-    args.extend(unit.goals.iter().cloned());
+    args.extend(ctx.generation.goals(&unit.dir, &unit.goals));
     args
 }
 
@@ -993,6 +1030,7 @@ fn build_package(
     let mut phases = Phases::default();
     let outcome = (|| -> Result<Vec<InstalledModule>, String> {
         let setup_start = Instant::now();
+        ctx.generation_vars(job)?;
         prepare_tree(ctx, job).map_err(|e| e.to_string())?;
         phases.setup = setup_start.elapsed().as_secs_f64();
         let mut log = std::fs::File::create(&log_path)
@@ -1050,7 +1088,7 @@ fn build_package(
                             ctx.k.built_module(&format!("{}/{g}", unit.dir)) == Some(false)
                         });
                     if fresh_exports {
-                        extra.push(ctx.tree(name).join(&unit.dir).join("Module.symvers"));
+                        extra.push(unit_symvers(ctx, name, unit)?);
                     }
                 }
                 _ if deferred < pending.len() && needs_later_unit(ctx, &text, &pending) => {
@@ -1206,7 +1244,8 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
     let same_layout = std::fs::read_to_string(&layout_file).is_ok_and(|l| l == layout);
     // Outputs that depend on a changed input go first (make would keep an object newer than
     // a replacement with an older mtime), then the state: an interrupted run builds again.
-    crate::fresh::remove_stale(&tree, &job.write_dirs, &job.changed);
+    let out = ctx.out(&job.pkg.name);
+    crate::fresh::remove_stale(&out, &job.write_dirs, &job.changed);
     let _ = std::fs::remove_file(dir.join(STATE));
     if !same_layout || !tree.is_dir() {
         if dir.exists() {
@@ -1251,6 +1290,7 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
             kbuild_only: only,
             src: &ctx.src.path,
             overrides: &overrides,
+            hidden: ctx.generation.hides(),
         };
         overlay::create(&tree, &layers, &module_dirs)?;
         if !ctx.external {
@@ -1260,9 +1300,30 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         std::fs::write(&layout_file, &layout).map_err(|e| KError::io("write", &layout_file, e))?;
     }
     for m in &job.modules {
-        let _ = std::fs::remove_file(tree.join(m));
+        let _ = std::fs::remove_file(out.join(m));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| KError::io("create", &out, e))?;
+    for f in ctx.generation.local_outputs() {
+        let p = out.join(f);
+        if !p.exists() {
+            std::fs::write(&p, "").map_err(|e| KError::io("write", &p, e))?;
+        }
     }
     Ok(())
+}
+
+/// The exports of one unit's modules, as later units and the package's Module.symvers take
+/// them: `<out>/<dir>/Module.symvers` (since 6.13 copied there from the one the build wrote
+/// at the output root, which the next unit's build rewrites).
+fn unit_symvers(ctx: &Ctx, name: &str, unit: &Unit) -> Result<Utf8PathBuf, String> {
+    let out = ctx.out(name);
+    let path = out.join(&unit.dir).join("Module.symvers");
+    let written = ctx.generation.written_symvers(&out, &unit.dir);
+    if written != path {
+        std::fs::copy(&written, &path)
+            .map_err(|e| format!("cannot copy `{written}` to `{path}`: {e}"))?;
+    }
+    Ok(path)
 }
 
 /// Kbuild's `scripts/Makefile.modpost` passes `-e` (external module) to modpost for every `M=`
@@ -1270,13 +1331,14 @@ fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
 /// "Y")` into `<mod>.mod.c`. `MODPOST=` on make's command line replaces the command (it is also a
 /// prerequisite, so it must be one file): this script drops `-e` and runs the tree's modpost.
 /// The base Module.symvers the overlay gives modpost lacks the package's own modules, so they
-/// are not "exported twice".
+/// are not "exported twice". The tree's modpost is found beside the script (make runs in the
+/// output directory since 6.13).
 fn write_modpost(pkg_dir: &Utf8Path) -> Result<(), KError> {
     let path = pkg_dir.join(MODPOST);
     let script = "#!/bin/sh\n\
 # Written by extmod: modpost as the in-tree build runs it (without -e).\n\
 for a do shift; [ \"$a\" = -e ] || set -- \"$@\" \"$a\"; done\n\
-exec scripts/mod/modpost \"$@\"\n";
+exec \"${0%/*}/tree/scripts/mod/modpost\" \"$@\"\n";
     std::fs::write(&path, script).map_err(|e| KError::io("write", &path, e))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
@@ -1378,7 +1440,7 @@ fn stage(
 ) -> Result<Vec<InstalledModule>, Error> {
     check_interrupted()?;
     let name = &job.pkg.name;
-    let tree = ctx.tree(name);
+    let out = ctx.out(name);
     let tmp = tempfile::Builder::new()
         .prefix(&kbuild_install::fsutil::temp_prefix(name, "staging"))
         .tempdir_in(&ctx.dest)
@@ -1387,13 +1449,13 @@ fn stage(
     let kernel = ctx.modules_dir(&root);
     let mut symvers = String::new();
     for unit in &job.units {
-        if let Ok(t) = std::fs::read_to_string(tree.join(&unit.dir).join("Module.symvers")) {
+        if let Ok(t) = std::fs::read_to_string(out.join(&unit.dir).join("Module.symvers")) {
             symvers.push_str(&t);
         }
     }
     let mut installed = Vec::new();
     for m in &job.modules {
-        let from = tree.join(m);
+        let from = out.join(m);
         if !from.is_file() {
             return Err(KError::io(
                 "find built module",
@@ -1421,7 +1483,7 @@ fn stage(
     std::fs::write(&pkg_symvers, &symvers).map_err(|e| KError::io("write", &pkg_symvers, e))?;
     check_interrupted()?;
     kbuild_install::fsutil::replace_dir(tmp, &ctx.staged(name), &ctx.dest, name)?;
-    let inputs = inputs(&tree, job, extra, &ctx.k.compiler());
+    let inputs = inputs(&out, &ctx.tree(name), job, extra, &ctx.k.compiler());
     // An input changed while make ran: the modules may not reflect it, so no state is written
     // and the next run builds again.
     let started_ns = started
@@ -1515,14 +1577,21 @@ fn output_dir(
     Ok(p)
 }
 
-/// Every file the build read, from Kbuild's `.cmd` files, plus the module directories' Makefiles.
-fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf], cc: &str) -> Vec<crate::fresh::Input> {
+/// Every file the build read, from Kbuild's `.cmd` files in the output root `out` (make's
+/// directory: relative names are relative to it), plus the module directories' Makefiles.
+fn inputs(
+    out: &Utf8Path,
+    tree: &Utf8Path,
+    job: &Job,
+    extra: &[Utf8PathBuf],
+    cc: &str,
+) -> Vec<crate::fresh::Input> {
     let mut files: BTreeSet<String> = extra.iter().map(|p| p.to_string()).collect();
     for dir in &job.write_dirs {
         for mk in ["Makefile", "Kbuild"] {
-            files.insert(format!("{dir}/{mk}"));
+            files.insert(tree.join(dir).join(mk).to_string());
         }
-        let Ok(rd) = tree.join(dir).read_dir_utf8() else {
+        let Ok(rd) = out.join(dir).read_dir_utf8() else {
             continue;
         };
         for e in rd.flatten() {
@@ -1548,13 +1617,13 @@ fn inputs(tree: &Utf8Path, job: &Job, extra: &[Utf8PathBuf], cc: &str) -> Vec<cr
             let full = if f.starts_with('/') {
                 Utf8PathBuf::from(&f)
             } else {
-                tree.join(&f)
+                out.join(&f)
             };
             // Recorded by real path: the next run's check then stats each header once for all
             // packages, without walking the overlay's symlinks.
             let real = kbuild_install::tree::canonical(&full).ok()?;
             // Files the build itself wrote (`dummy.mod.c`, ...) are outputs, not inputs.
-            (!real.starts_with(tree)).then_some(real)
+            (!real.starts_with(tree) && !real.starts_with(out)).then_some(real)
         })
         .collect();
     crate::fresh::record(real)

@@ -200,10 +200,10 @@ impl KbuildTree {
 }
 
 /// The oldest and newest kernel series the test suite builds and loads modules for.
-pub const TESTED: (&str, &str) = ("6.1", "6.12");
+pub const TESTED: (&str, &str) = ("6.1", "7.3");
 
 /// `(major, minor)` of a release (`6.12.118+deb12-amd64` → `(6, 12)`).
-fn major_minor(release: &str) -> Option<(u32, u32)> {
+pub fn major_minor(release: &str) -> Option<(u32, u32)> {
     let mut it = release.split(|c: char| !c.is_ascii_digit());
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
 }

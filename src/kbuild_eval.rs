@@ -1,5 +1,6 @@
 //! Kbuild's own answer to "what does this directory build": GNU make reads the directory's
-//! Makefile and `scripts/Makefile.lib` exactly as `scripts/Makefile.build obj=<dir>` does, under a
+//! Makefile and `scripts/Makefile.lib` (since 6.13 also the list expansion of
+//! `scripts/Makefile.build`, see [`lists_section`]) exactly as `scripts/Makefile.build obj=<dir>` does, under a
 //! given configuration, and prints obj-y/obj-m, the subdirectories it descends into and the parts
 //! of every composite object (`real-search`, the same expansion that writes `<module>.mod`).
 //! Many directories share one make process (their variables are reset between them), and the
@@ -102,7 +103,7 @@ fn job_text(id: usize, job: &Job, base: &Config) -> String {
         }
     }
     t.push_str(&format!(
-        "$(eval $(call __extmod_begin,{}))\ninclude $(kbuild-file)\n__extmod_ysub := $(filter %/,$(obj-y))\n__extmod_msub := $(filter %/,$(obj-m))\ninclude $(srctree)/scripts/Makefile.lib\n$(eval $(call __extmod_end,{id}))\n",
+        "$(eval $(call __extmod_begin,{}))\ninclude $(kbuild-file)\n__extmod_ysub := $(filter %/,$(obj-y))\n__extmod_msub := $(filter %/,$(obj-m))\ninclude $(srctree)/scripts/Makefile.lib\ninclude $(EXTMOD_LISTS)\n$(eval $(call __extmod_end,{id}))\n",
         job.dir
     ));
     for (s, _) in &job.flips {
@@ -214,6 +215,77 @@ fn make_error(stderr: &str) -> String {
 }
 
 impl Evaluator {
+    /// make reading `mk` with Kbuild's variables, in `cwd`.
+    fn make(
+        &self,
+        mk: &std::path::Path,
+        scratch: &Utf8Path,
+        cwd: &std::path::Path,
+    ) -> duct::Expression {
+        let mut args: Vec<String> = vec![
+            "-rR".into(),
+            "-s".into(),
+            "--no-print-directory".into(),
+            "-f".into(),
+            mk.display().to_string(),
+            format!("srctree={}", self.srctree),
+            "objtree=.".into(),
+            format!("SRCARCH={}", self.srcarch),
+            format!("EXTMOD_AUTOCONF={scratch}/auto.conf"),
+            format!("EXTMOD_LISTS={scratch}/lists.mk"),
+            "KBUILD_EXTMOD=".into(),
+        ];
+        args.extend(self.make_vars.iter().cloned());
+        if !self.make_vars.iter().any(|v| v.starts_with("ARCH=")) {
+            args.push(format!("ARCH={}", self.srcarch));
+        }
+        duct::cmd("make", &args)
+            .dir(cwd)
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL")
+            .env_remove("MFLAGS")
+    }
+
+    /// The top Makefile's `head` for the top directory: the architecture's core-y, libs-y and
+    /// drivers-y, as the in-tree build computes `ARCH_CORE`, `ARCH_LIB`, `ARCH_DRIVERS`.
+    fn root_head() -> String {
+        format!(
+            "{PROLOGUE}core-y :=\ndrivers-y :=\nlibs-y := lib/\ninclude $(srctree)/arch/$(SRCARCH)/Makefile\nARCH_CORE := $(core-y)\nARCH_LIB := $(filter %/, $(libs-y))\nARCH_DRIVERS := $(drivers-y) $(drivers-m)\n"
+        )
+    }
+
+    /// `ARCH_CORE=...`, `ARCH_LIB=...`, `ARCH_DRIVERS=...` under this configuration: the
+    /// architecture's directories the top `Kbuild` descends into, which the top Makefile
+    /// exports only for in-tree builds (see [`crate::generation`]).
+    pub fn arch_dirs(&self) -> Result<Vec<String>, String> {
+        let scratch = tempfile::Builder::new()
+            .prefix("extmod-eval-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
+        let sp = Utf8Path::from_path(scratch.path()).ok_or("temporary directory is not UTF-8")?;
+        let mut text = Self::root_head();
+        text.push_str("$(info @@ARCH_CORE=$(strip $(ARCH_CORE)))\n$(info @@ARCH_LIB=$(strip $(ARCH_LIB)))\n$(info @@ARCH_DRIVERS=$(strip $(ARCH_DRIVERS)))\n");
+        let mk = sp.join("arch.mk");
+        std::fs::write(sp.join("auto.conf"), config::render(&self.config))
+            .and_then(|_| std::fs::write(sp.join("lists.mk"), ""))
+            .and_then(|_| std::fs::write(&mk, text))
+            .map_err(|e| format!("{sp}: {e}"))?;
+        let fin = kbuild_install::process::run(
+            self.make(mk.as_std_path(), sp, scratch.path()),
+            "make (architecture directories)",
+            true,
+        )
+        .map_err(|e| e.to_string())?;
+        if !fin.status.success() {
+            return Err(make_error(&fin.stderr));
+        }
+        Ok(fin
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("@@"))
+            .map(str::to_string)
+            .collect())
+    }
     fn kbuild_file(&self, dir: &str) -> bool {
         let d = if dir == "." {
             self.srctree.clone()
@@ -243,27 +315,7 @@ impl Evaluator {
         if let Err(e) = std::fs::write(&mk, text) {
             return (BTreeMap::new(), Some(format!("{}: {e}", mk.display())));
         }
-        let mut args: Vec<String> = vec![
-            "-rR".into(),
-            "-s".into(),
-            "--no-print-directory".into(),
-            "-f".into(),
-            mk.display().to_string(),
-            format!("srctree={}", self.srctree),
-            "objtree=.".into(),
-            format!("SRCARCH={}", self.srcarch),
-            format!("EXTMOD_AUTOCONF={scratch}/auto.conf"),
-            "KBUILD_EXTMOD=".into(),
-        ];
-        args.extend(self.make_vars.iter().cloned());
-        if !self.make_vars.iter().any(|v| v.starts_with("ARCH=")) {
-            args.push(format!("ARCH={}", self.srcarch));
-        }
-        let expr = duct::cmd("make", &args)
-            .dir(dir.path())
-            .env_remove("MAKEFLAGS")
-            .env_remove("MAKELEVEL")
-            .env_remove("MFLAGS");
+        let expr = self.make(&mk, scratch, dir.path());
         match kbuild_install::process::run(expr, "make (Makefile evaluation)", true) {
             Ok(fin) => {
                 let out = parse_output(&fin.stdout, jobs);
@@ -291,6 +343,10 @@ impl Evaluator {
         let scratch_path = Utf8PathBuf::from_path_buf(scratch.path().to_path_buf())
             .unwrap_or_else(|_| Utf8PathBuf::from("/tmp"));
         let _ = std::fs::write(scratch_path.join("auto.conf"), config::render(&self.config));
+        let _ = std::fs::write(
+            scratch_path.join("lists.mk"),
+            lists_section(&self.srctree).unwrap_or_default(),
+        );
         let mut runnable = Vec::new();
         for (i, j) in jobs.iter().enumerate() {
             if self.kbuild_file(&j.dir) {
@@ -306,9 +362,7 @@ impl Evaluator {
         let (root, rest): (Vec<usize>, Vec<usize>) =
             runnable.into_iter().partition(|i| jobs[*i].dir == ".");
         // The top directory needs the architecture's core-y/libs-y/drivers-y.
-        let root_head = format!(
-            "{PROLOGUE}core-y :=\ndrivers-y :=\nlibs-y := lib/\ninclude $(srctree)/arch/$(SRCARCH)/Makefile\nARCH_CORE := $(core-y)\nARCH_LIB := $(filter %/, $(libs-y))\nARCH_DRIVERS := $(drivers-y) $(drivers-m)\n"
-        );
+        let root_head = Self::root_head();
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(1, 16);
@@ -474,6 +528,23 @@ impl TreeEval {
     }
 }
 
+/// Since 6.13 the expansion of the lists (`obj-m` with its directory, composite objects into
+/// their parts: `real-search`, `multi-obj-m`, ...) is no longer in `scripts/Makefile.lib` but in
+/// `scripts/Makefile.build`, between its inclusion of Makefile.lib and its rules. That part of
+/// the tree's own Makefile.build, from "Figure out what we need to build" up to its check that
+/// `obj` is set, is what the evaluation includes after Makefile.lib; `None` when Makefile.lib
+/// still does the expansion (up to 6.12) or the markers are not found.
+pub fn lists_section(srctree: &Utf8Path) -> Option<String> {
+    let lib = std::fs::read_to_string(srctree.join("scripts/Makefile.lib")).ok()?;
+    if lib.contains("real-search =") {
+        return None;
+    }
+    let build = std::fs::read_to_string(srctree.join("scripts/Makefile.build")).ok()?;
+    let start = build.find("# Figure out what we need to build from the various variables")?;
+    let len = build[start..].find("\nifndef obj\n")?;
+    Some(build[start..start + len + 1].to_string())
+}
+
 /// Where the walk of `ev`'s configuration is cached.
 pub fn walk_path(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> Utf8PathBuf {
     use sha2::{Digest, Sha256};
@@ -486,6 +557,7 @@ pub fn walk_path(ev: &Evaluator, inputs: &str, cache: &Utf8Path) -> Utf8PathBuf 
         inputs,
         env!("CARGO_PKG_VERSION"),
         PROLOGUE,
+        &lists_section(&ev.srctree).unwrap_or_default(),
         "walk-1",
     ] {
         h.update((part.len() as u64).to_le_bytes());

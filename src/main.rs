@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod events;
 mod fresh;
+mod generation;
 mod guard;
 mod kbuild;
 mod kbuild_eval;

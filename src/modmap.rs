@@ -427,6 +427,7 @@ fn key(index: &Index, ev: &Evaluator) -> String {
         &index.digest(),
         env!("CARGO_PKG_VERSION"),
         crate::kbuild_eval::PROLOGUE,
+        &crate::kbuild_eval::lists_section(&ev.srctree).unwrap_or_default(),
         "map-4",
     ] {
         h.update((part.len() as u64).to_le_bytes());

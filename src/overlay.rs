@@ -1,8 +1,10 @@
-//! The split object directory of a package on kernels ≤ 6.12 (no `MO=`): an **overlay root**
+//! The split object directory of a package: an **overlay root**
 //! where the directories along the package's module paths are real and everything else is a
-//! symlink into the Kbuild tree or the source tree. `make -C <overlay> M=drivers/net dummy.ko`
-//! then writes only into the overlay's real directories, object names and Module.symvers entries
-//! match the in-tree build, and `#include "../x.h"` or `-I$(srctree)/drivers/...` still resolve.
+//! symlink into the Kbuild tree or the source tree. On kernels up to 6.12,
+//! `make -C <overlay> M=drivers/net dummy.ko` then writes only into the overlay's real
+//! directories; since 6.13 the overlay is M and objects go to `MO` (see [`crate::generation`]).
+//! Either way object names and Module.symvers entries match the in-tree build, and
+//! `#include "../x.h"` or `-I$(srctree)/drivers/...` still resolve.
 //!
 //! Rules for an entry `p` of a real directory:
 //! - on the path to a module directory: a real directory, filled by the same rules;
@@ -30,6 +32,8 @@ pub struct Layers<'a> {
     /// Entries replaced by files of extmod's own (a configuration variant's `include/config`,
     /// `autoconf.h`, a filtered `Module.symvers`): relative path → target.
     pub overrides: &'a BTreeMap<String, Utf8PathBuf>,
+    /// Entries (relative paths) the overlay leaves out.
+    pub hidden: &'a [&'a str],
 }
 
 /// Top-level entries taken from a full object directory.
@@ -119,6 +123,9 @@ fn fill(
     for name in all {
         let p = join(rel, &name);
         let out = dst.join(&name);
+        if layers.hidden.contains(&p.as_str()) {
+            continue;
+        }
         if let Some(target) = layers.overrides.get(&p) {
             symlink(target, &out)?;
             continue;
@@ -259,6 +266,7 @@ mod tests {
             &[
                 "Makefile",
                 "Module.symvers",
+                "modules.order",
                 "include/generated/autoconf.h",
                 "include/generated/utsrelease.h",
                 "include/linux/module.h",
@@ -290,6 +298,7 @@ mod tests {
             kbuild_only: None,
             src: &s,
             overrides: &overrides,
+            hidden: &["modules.order"],
         };
         create(&o, &layers, &BTreeSet::from(["drivers/net".to_string()])).unwrap();
         let link = |p: &str| {
@@ -339,6 +348,7 @@ mod tests {
             Some(k.join("Module.symvers").to_string())
         );
         assert_eq!(link("Makefile"), Some(k.join("Makefile").to_string()));
+        assert!(!exists(&o.join("modules.order")), "hidden");
         assert_eq!(link("fs"), Some(s.join("fs").to_string()));
         // `include/trace/../../drivers/net/x_trace.h` stays inside the overlay.
         assert!(o.join("include/trace").is_dir() && !o.join("include/trace").is_symlink());

@@ -87,10 +87,12 @@ fn pipeline(tk: &TestKernel) {
     assert_eq!(manifest["cross_compile"], target.cross_compile());
 
     // Every module of the config, each its own package, merged into one install tree.
+    // (7.3's CRC_ENABLE_ALL_FOR_KUNIT only selects the CRC libraries; it builds nothing.)
     let symbols: Vec<String> = std::fs::read_to_string(tk.obj.join(".config"))
         .unwrap()
         .lines()
         .filter_map(|l| l.strip_suffix("=m"))
+        .filter(|s| *s != "CONFIG_CRC_ENABLE_ALL_FOR_KUNIT")
         .map(str::to_string)
         .collect();
     assert!(symbols.len() >= 13, "{symbols:?}");
@@ -123,7 +125,10 @@ fn pipeline(tk: &TestKernel) {
         assert_eq!(p["status"], "built", "{p}");
     }
     // The target's code, not the host's.
-    let (machine, class) = elf_machine(&d.join("CONFIG_DUMMY/tree/drivers/net/dummy.ko"));
+    // (Objects are in the overlay up to 6.12, in its output directory since.)
+    let objs = ["tree", "out"].map(|o| d.join("CONFIG_DUMMY").join(o));
+    let objs = objs.iter().find(|o| o.join("drivers/net/dummy.ko").exists());
+    let (machine, class) = elf_machine(&objs.unwrap().join("drivers/net/dummy.ko"));
     assert_eq!(machine, target.elf_machine());
     assert_eq!(class, if target == Target::Armhf { 1 } else { 2 });
 
@@ -152,6 +157,38 @@ fn pipeline(tk: &TestKernel) {
             .collect::<Vec<_>>()
     };
     assert_eq!(kos(&ours), kos(&theirs));
+    // modules.order and depmod's files too, apart from nlmon's line.
+    for f in [
+        "modules.order",
+        "modules.dep",
+        "modules.alias",
+        "modules.symbols",
+    ] {
+        let strip = |m: &std::collections::BTreeMap<String, Vec<u8>>| {
+            String::from_utf8_lossy(&m[f])
+                .lines()
+                .filter(|l| !l.contains("nlmon"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert_eq!(strip(&ours), strip(&theirs), "{}: {f}", target.name());
+    }
+    // Each package's Module.symvers: the in-tree build's lines for its modules, with their
+    // in-tree module names (since 6.13 Kbuild names them relative to M).
+    let base_symvers = std::fs::read_to_string(tk.obj.join("Module.symvers")).unwrap();
+    let mut exports = 0;
+    for p in doc["packages"].as_array().unwrap() {
+        let pkg = p["name"].as_str().unwrap();
+        if pkg == "CONFIG_NLMON" {
+            continue;
+        }
+        let ours = std::fs::read_to_string(out.join(pkg).join("Module.symvers")).unwrap();
+        for l in ours.lines() {
+            assert!(base_symvers.lines().any(|b| b == l), "{pkg}: {l}");
+            exports += 1;
+        }
+    }
+    assert!(exports >= 5, "{exports} exported symbols");
 
     // audit of the example package set: no error-level finding.
     let o = extmod()
@@ -200,33 +237,35 @@ fn pipeline(tk: &TestKernel) {
     }
 
     // The real kernel loads them all through the modules.dep extmod wrote, untainted.
+    // Every module of the kernel's modules.order, and nlmon.
+    let mut names: Vec<String> = String::from_utf8_lossy(&theirs["modules.order"])
+        .lines()
+        .filter_map(|l| Path::new(l).file_name()?.to_str()?.strip_suffix(".ko"))
+        .map(|n| n.replace('-', "_"))
+        .collect();
+    names.push("nlmon".into());
     let image = Initramfs::for_target(target)
         .release(&release)
         .tree(&root.join("lib"), "/lib")
-        .script(
-            "for m in zram nls_utf8 dummy veth loop squashfs crc7 crc_itu_t libcrc32c nlmon; do modprobe $m; done\n\
+        .script(&format!(
+            "for m in {}; do modprobe $m; done\n\
              lsmod\n\
              ip link add nlmon0 type nlmon\n\
              test -e /sys/class/net/nlmon0\n\
              test -e /sys/class/net/dummy0\n\
              test -e /sys/block/zram0\n\
              echo TAINTED=$(cat /proc/sys/kernel/tainted)\n",
-        );
+            names.join(" ")
+        ));
     let initrd = image.build(&t.join("boot"));
     let r = boot_target(target, &tk.bzimage(), &initrd, Duration::from_secs(300));
     r.assert_ok();
     let text = r.script_output();
-    for m in [
-        "zram",
-        "zsmalloc",
-        "nls_utf8",
-        "dummy",
-        "veth",
-        "nlmon",
-        "libcrc32c",
-    ] {
+    assert!(names.len() >= 13, "{names:?}");
+    for m in &names {
         assert!(
-            text.lines().any(|l| l.split_whitespace().next() == Some(m)),
+            text.lines()
+                .any(|l| l.split_whitespace().next() == Some(m.as_str())),
             "{}: {m} not loaded:\n{}",
             target.name(),
             r.output
@@ -310,4 +349,42 @@ fn linux_6_1_pipeline_matches_in_tree_and_loads() {
         return;
     }
     pipeline(common::kernel(Target::X86_64, "6.1"));
+}
+
+/// Kbuild since 6.13 (external builds in an output directory, names relative to M): Debian's
+/// 7.3 from trixie-backports, the same pipeline, and the names Kbuild gives: Module.symvers and
+/// modules.order above, and here the `__FILE__` strings, which `-fmacro-prefix-map=$(srcroot)/=`
+/// makes relative to M.
+#[test]
+fn linux_7_3_pipeline_matches_in_tree_and_loads() {
+    let tk = common::kernel(Target::X86_64, "7.3");
+    pipeline(tk);
+    let tmp = common::tempdir("extmod-7.3-file-");
+    let t = tmp.path();
+    extmod()
+        .arg("build")
+        .arg("-K")
+        .arg(&tk.obj)
+        .arg("-S")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(t.join("objs"))
+        .arg("-O")
+        .arg(t.join("out"))
+        .args(["--raw", "CONFIG_KUNIT"])
+        .assert()
+        .code(0);
+    let ko = t.join("objs/CONFIG_KUNIT/out/lib/kunit/kunit.ko");
+    let ours = std::fs::read(&ko).unwrap();
+    let theirs = std::fs::read(tk.obj.join("lib/kunit/kunit.ko")).unwrap();
+    assert!(ours == theirs, "kunit.ko differs from the in-tree one");
+    let has = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        has(&ours, "\0lib/kunit/resource.c\0"),
+        "__FILE__ is not the in-tree one"
+    );
+    assert!(
+        !has(&ours, &t.to_string_lossy()),
+        "an objdir path leaked into kunit.ko"
+    );
 }

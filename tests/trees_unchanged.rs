@@ -19,6 +19,7 @@ fn cross_source_and_object_trees_are_unchanged() {
     if std::path::Path::new("/usr/src/linux-source-6.1.tar.xz").exists() {
         check(common::kernel(common::Target::X86_64, "6.1"));
     }
+    check(common::kernel(common::Target::X86_64, "7.3"));
 }
 
 fn check(tk: &common::TestKernel) {
