@@ -504,7 +504,28 @@ fn debian_modules_match_linux_image_once_unsigned() {
     let Some(image_root) = common::debian_modules() else {
         return;
     };
-    let tk = test_kernel();
+    debian_modules_match(&headers, &image_root, &test_kernel().src);
+}
+
+/// The same on Debian 12's own 6.1 kernel: `linux-headers-6.1.0-<n>-amd64` of the installed
+/// linux-source-6.1 against `linux-image-6.1.0-<n>-amd64`.
+#[test]
+fn debian_6_1_modules_match_linux_image_once_unsigned() {
+    let Some(headers) = common::debian_headers_of("6.1") else {
+        return;
+    };
+    let abi = headers.file_name().unwrap().to_string_lossy();
+    let abi = abi
+        .trim_start_matches("linux-headers-")
+        .trim_end_matches("-amd64");
+    let Some(image_root) = common::debian_modules_of(abi) else {
+        return;
+    };
+    let tk = common::kernel(common::Target::X86_64, "6.1");
+    debian_modules_match(&headers, &image_root, &tk.src);
+}
+
+fn debian_modules_match(headers: &Path, image_root: &Path, src: &Path) {
     let tmp = common::tempdir("extmod-build-deb-image-");
     let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
     let release = std::fs::read_to_string(headers.join("include/config/kernel.release")).unwrap();
@@ -533,9 +554,9 @@ fn debian_modules_match_linux_image_once_unsigned() {
     let o = extmod()
         .arg("build")
         .arg("--kbuild")
-        .arg(&headers)
+        .arg(headers)
         .arg("--srctree")
-        .arg(&tk.src)
+        .arg(src)
         .arg("-D")
         .arg(&d)
         .arg("-O")

@@ -127,7 +127,9 @@ fn pipeline(tk: &TestKernel) {
     // The target's code, not the host's.
     // (Objects are in the overlay up to 6.12, in its output directory since.)
     let objs = ["tree", "out"].map(|o| d.join("CONFIG_DUMMY").join(o));
-    let objs = objs.iter().find(|o| o.join("drivers/net/dummy.ko").exists());
+    let objs = objs
+        .iter()
+        .find(|o| o.join("drivers/net/dummy.ko").exists());
     let (machine, class) = elf_machine(&objs.unwrap().join("drivers/net/dummy.ko"));
     assert_eq!(machine, target.elf_machine());
     assert_eq!(class, if target == Target::Armhf { 1 } else { 2 });

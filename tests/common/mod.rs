@@ -217,6 +217,54 @@ pub fn debian_headers() -> Option<PathBuf> {
     dir
 }
 
+/// Debian's own headers package of the installed linux-source-<series> (the same Debian
+/// version: 6.1's are `linux-headers-6.1.0-<n>-amd64`), when installed; prints why a test is
+/// skipped otherwise.
+pub fn debian_headers_of(series: &str) -> Option<PathBuf> {
+    let q = |args: &[&str]| {
+        std::process::Command::new("dpkg-query")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let version = q(&["-W", "-f=${Version}", &format!("linux-source-{series}")])?;
+    let listed = q(&[
+        "-W",
+        "-f=${Package} ${Version} ${Status}\n",
+        "linux-headers-*-amd64",
+    ])?;
+    let found = listed.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (pkg, ver) = (f.next()?, f.next()?);
+        (ver == version && l.ends_with("install ok installed"))
+            .then(|| PathBuf::from("/usr/src").join(pkg))
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIP: no linux-headers-*-amd64 of version {version} installed (scripts/deps installs it)"
+        );
+    }
+    found
+}
+
+/// A root holding Debian's own modules of the headers `abi` (`6.1.0-57`), from
+/// `scripts/debian-modules <abi>`; prints why a test is skipped otherwise.
+pub fn debian_modules_of(abi: &str) -> Option<PathBuf> {
+    let o = std::process::Command::new(repo().join("scripts/debian-modules"))
+        .arg(abi)
+        .output()
+        .ok()?;
+    if !o.status.success() {
+        eprintln!(
+            "SKIP: Debian's modules are not available: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        return None;
+    }
+    Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+}
+
 /// A root holding Debian's own modules for the installed headers (`lib/modules/<abi>/kernel`),
 /// from `scripts/debian-modules`; prints why a test is skipped otherwise.
 pub fn debian_modules() -> Option<PathBuf> {
