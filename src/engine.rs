@@ -199,12 +199,12 @@ pub fn run(
     }
     let k = KbuildTree::open(&opts.kbuild)?;
     let src = SourceTree::open(&opts.srctree)?;
-    if !release_matches(&k.kernelrelease, &src.kernelversion) {
+    if !release_matches(&k.recorded_release, &src.kernelversion) {
         return Err(KError::VersionMismatch {
             srctree: src.path.clone(),
             src_version: src.kernelversion.clone(),
             objtree: k.path.clone(),
-            obj_release: k.kernelrelease.clone(),
+            obj_release: k.recorded_release.clone(),
         }
         .into());
     }
@@ -1127,6 +1127,7 @@ fn build_package(
             r.installed = installed;
             r.phases = Some(phases);
             r.notes.extend(ctx.installer.notes.iter().cloned());
+            r.notes.extend(ctx.k.btf_note());
         }
         Err(e) => r.error = Some(e),
     }

@@ -25,7 +25,11 @@ pub enum Kind {
 pub struct KbuildTree {
     pub path: Utf8PathBuf,
     pub kind: Kind,
+    /// The release the kernel reports and its modules carry (UTS_RELEASE).
     pub kernelrelease: String,
+    /// `include/config/kernel.release` (the source version plus local version when Kbuild
+    /// computed it): what the source tree's version is checked against.
+    pub recorded_release: String,
     pub make_vars: Vec<String>,
     /// `include/config/auto.conf`.
     pub auto_conf: String,
@@ -58,9 +62,17 @@ impl KbuildTree {
         let makefile = read_opt(&path.join("Makefile")).ok_or_else(not)?;
         let auto_conf = read_opt(&path.join("include/config/auto.conf")).ok_or_else(not)?;
         let symvers = std::fs::read(path.join("Module.symvers")).map_err(|_| not())?;
-        let kernelrelease = read_opt(&path.join("include/config/kernel.release"))
+        let recorded = read_opt(&path.join("include/config/kernel.release"))
             .map(|s| s.trim().to_string())
             .ok_or_else(not)?;
+        // The release modules carry in their vermagic and the kernel reports (`uname -r`, where
+        // modprobe looks) is UTS_RELEASE. It is kernel.release, except in packages built with
+        // KERNELRELEASE given to make: Debian 12's 6.1 headers record `6.1.192` there and
+        // `6.1.0-57-amd64` in utsrelease.h, and its modules live in lib/modules/6.1.0-57-amd64.
+        let kernelrelease = read_opt(&path.join("include/generated/utsrelease.h"))
+            .as_deref()
+            .and_then(uts_release)
+            .unwrap_or_else(|| recorded.clone());
         let manifest = crate::guard::manifest_of(&path, &auto_conf)?;
         let mut layers = vec![path.clone()];
         let kind = if manifest.is_some() {
@@ -129,6 +141,7 @@ impl KbuildTree {
             path,
             kind,
             kernelrelease,
+            recorded_release: recorded,
             make_vars,
             auto_conf,
             values,
@@ -192,11 +205,31 @@ impl KbuildTree {
         })
     }
 
+    /// A note when modules will lack the BTF the kernel's own have: Kbuild generates module
+    /// BTF (`CONFIG_DEBUG_INFO_BTF_MODULES`) against `vmlinux` and skips it when the tree has
+    /// none (Debian 12's 6.1 headers ship no vmlinux; its 6.12 headers do).
+    pub fn btf_note(&self) -> Option<String> {
+        (self.value("DEBUG_INFO_BTF_MODULES") == Some("y")
+            && !self.layers.iter().any(|l| l.join("vmlinux").is_file()))
+        .then(|| {
+            format!(
+                "no BTF in the modules: CONFIG_DEBUG_INFO_BTF_MODULES=y but the Kbuild tree `{}` has no vmlinux to generate it against",
+                self.path
+            )
+        })
+    }
+
     /// Whether the base build made `<rel>.ko` (`None`: the tree does not say).
     pub fn built_module(&self, ko: &str) -> Option<bool> {
         let o = format!("{}.o", ko.strip_suffix(".ko").unwrap_or(ko));
         self.modules_order.as_ref().map(|order| order.contains(&o))
     }
+}
+
+/// `UTS_RELEASE` of `include/generated/utsrelease.h`.
+fn uts_release(text: &str) -> Option<String> {
+    let rest = text.split("#define UTS_RELEASE \"").nth(1)?;
+    Some(rest.split('"').next()?.to_string()).filter(|r| !r.is_empty())
 }
 
 /// The oldest and newest kernel series the test suite builds and loads modules for.
@@ -284,6 +317,15 @@ mod tests {
         );
         assert_eq!(arch_of_config("CONFIG_ARM=y\n"), "arm");
         assert_eq!(arch_of_config("CONFIG_MIPS=y\n"), "mips");
+    }
+
+    #[test]
+    fn uts_release_is_read_from_the_header() {
+        assert_eq!(
+            uts_release("#define UTS_RELEASE \"6.1.0-57-amd64\"\n").as_deref(),
+            Some("6.1.0-57-amd64")
+        );
+        assert_eq!(uts_release("/* nothing */"), None);
     }
 
     #[test]
