@@ -138,22 +138,36 @@ impl Ctx {
         }
         ev
     }
-    /// The make variables a build of `job` needs beyond the Kbuild tree's own: since 6.13 the
-    /// architecture's directories that the top Makefile gives the top Kbuild only in-tree.
+    /// The make variables a build of `job` needs beyond the Kbuild tree's own, with their
+    /// in-tree values (see [`crate::kbuild_eval::Evaluator::intree_vars`]): since 6.13 the
+    /// architecture's directories that the top Makefile gives the top Kbuild only in-tree; with
+    /// BTF, pahole's and resolve_btfids' flags without the external-only distilled base
+    /// (unless `--external`).
     fn generation_vars(&self, job: &Job) -> MakeVars {
-        if !self.generation.needs_arch_dirs() {
+        let btf = !self.external && self.k.value("DEBUG_INFO_BTF") == Some("y");
+        if !self.generation.needs_arch_dirs() && !btf {
             return Ok(Vec::new());
         }
         let key = job.variant.as_ref().map(|v| v.dir.clone());
         let mut cache = self.arch_dirs.lock().expect("arch dirs lock");
-        cache
+        let vars = cache
             .entry(key.clone())
             .or_insert_with(|| {
                 self.evaluator(key.as_deref())
-                    .arch_dirs()
+                    .intree_vars()
                     .map_err(|e| format!("cannot evaluate the architecture's Makefile: {e}"))
             })
-            .clone()
+            .clone()?;
+        Ok(vars
+            .into_iter()
+            .filter(|v| {
+                if v.starts_with("ARCH_") {
+                    self.generation.needs_arch_dirs()
+                } else {
+                    btf
+                }
+            })
+            .collect())
     }
     fn pkg_dir(&self, name: &str) -> Utf8PathBuf {
         self.objdir.join(name)

@@ -254,10 +254,15 @@ impl Evaluator {
         )
     }
 
-    /// `ARCH_CORE=...`, `ARCH_LIB=...`, `ARCH_DRIVERS=...` under this configuration: the
-    /// architecture's directories the top `Kbuild` descends into, which the top Makefile
-    /// exports only for in-tree builds (see [`crate::generation`]).
-    pub fn arch_dirs(&self) -> Result<Vec<String>, String> {
+    /// Make variables whose value the top Makefile or `scripts/Makefile.btf` computes
+    /// differently for external builds, as the in-tree build has them, under this
+    /// configuration (`NAME=value`):
+    /// - `ARCH_CORE`, `ARCH_LIB`, `ARCH_DRIVERS`: the architecture's directories the top
+    ///   `Kbuild` descends into, exported only in-tree (see [`crate::generation`]);
+    /// - with `CONFIG_DEBUG_INFO_BTF`, `MODULE_PAHOLE_FLAGS` (6.12) and `RESOLVE_BTFIDS_FLAGS`
+    ///   (7.x), where Makefile.btf defines them: external builds add a distilled base BTF
+    ///   (`.BTF.base`) the in-tree modules do not have.
+    pub fn intree_vars(&self) -> Result<Vec<String>, String> {
         let scratch = tempfile::Builder::new()
             .prefix("extmod-eval-")
             .tempdir()
@@ -265,6 +270,11 @@ impl Evaluator {
         let sp = Utf8Path::from_path(scratch.path()).ok_or("temporary directory is not UTF-8")?;
         let mut text = Self::root_head();
         text.push_str("$(info @@ARCH_CORE=$(strip $(ARCH_CORE)))\n$(info @@ARCH_LIB=$(strip $(ARCH_LIB)))\n$(info @@ARCH_DRIVERS=$(strip $(ARCH_DRIVERS)))\n");
+        text.push_str(
+            "ifeq ($(CONFIG_DEBUG_INFO_BTF),y)\n-include $(srctree)/scripts/Makefile.btf\n\
+             $(foreach v,MODULE_PAHOLE_FLAGS RESOLVE_BTFIDS_FLAGS,$(if $(filter $(v),$(.VARIABLES)),$(info @@$(v)=$(strip $($(v))))))\n\
+             endif\n",
+        );
         let mk = sp.join("arch.mk");
         std::fs::write(sp.join("auto.conf"), config::render(&self.config))
             .and_then(|_| std::fs::write(sp.join("lists.mk"), ""))

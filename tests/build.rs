@@ -482,44 +482,6 @@ fn same_packages_build_against_debian_linux_headers() {
 }
 
 /// `xz -dc`.
-/// Every section of an ELF file by name, with its contents (`objcopy -O binary`).
-fn sections(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    let o = std::process::Command::new("readelf")
-        .args(["-S", "-W"])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    let mut out = std::collections::BTreeMap::new();
-    for l in text.lines() {
-        let Some(rest) = l.trim_start().strip_prefix('[') else {
-            continue;
-        };
-        let Some(name) = rest
-            .split(']')
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-        else {
-            continue;
-        };
-        if name.is_empty() || name == "Name" || name == "NULL" {
-            continue;
-        }
-        let dump = path.with_extension(format!("section{}", out.len()));
-        let ok = std::process::Command::new("objcopy")
-            .args(["-O", "binary", &format!("--only-section={name}")])
-            .arg(path)
-            .arg(&dump)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "objcopy --only-section={name} {}", path.display());
-        out.insert(name.to_string(), std::fs::read(&dump).unwrap_or_default());
-        let _ = std::fs::remove_file(&dump);
-    }
-    out
-}
-
 /// A module's bytes, uncompressed when it is `.ko.xz` (Debian 12's 6.1 ships plain `.ko`).
 fn unxz(path: &Path) -> Vec<u8> {
     if path.extension().is_some_and(|e| e == "ko") {
@@ -660,7 +622,7 @@ fn debian_modules_match(headers: &Path, image_root: &Path, src: &Path) {
                 std::fs::write(&theirs_path, theirs).unwrap();
                 let ours_path = tmp.path().join("ours.ko");
                 std::fs::write(&ours_path, &ours).unwrap();
-                let (a, b) = (sections(&ours_path), sections(&theirs_path));
+                let (a, b) = (common::sections(&ours_path), common::sections(&theirs_path));
                 let names: Vec<&String> = b.keys().filter(|n| *n != ".BTF").collect();
                 assert_eq!(a.keys().collect::<Vec<_>>(), names, "{rel}: sections");
                 for n in names {

@@ -302,3 +302,41 @@ pub fn files_of(root: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// Every section of an ELF file by name, with its contents (`objcopy -O binary`).
+pub fn sections(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let o = std::process::Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let mut out = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        let Some(rest) = l.trim_start().strip_prefix('[') else {
+            continue;
+        };
+        let Some(name) = rest
+            .split(']')
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        else {
+            continue;
+        };
+        if name.is_empty() || name == "Name" || name == "NULL" {
+            continue;
+        }
+        let dump = path.with_extension(format!("section{}", out.len()));
+        let ok = std::process::Command::new("objcopy")
+            .args(["-O", "binary", &format!("--only-section={name}")])
+            .arg(path)
+            .arg(&dump)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "objcopy --only-section={name} {}", path.display());
+        out.insert(name.to_string(), std::fs::read(&dump).unwrap_or_default());
+        let _ = std::fs::remove_file(&dump);
+    }
+    out
+}
