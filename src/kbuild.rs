@@ -195,14 +195,7 @@ impl KbuildTree {
 
     /// A warning when the kernel is outside the versions extmod is tested with.
     pub fn untested_version(&self) -> Option<String> {
-        let version = major_minor(&self.kernelrelease)?;
-        let (low, high) = (major_minor(TESTED.0)?, major_minor(TESTED.1)?);
-        (version < low || version > high).then(|| {
-            format!(
-                "kernel {} is outside the versions extmod is tested with ({} to {}); check its modules before shipping them",
-                self.kernelrelease, TESTED.0, TESTED.1
-            )
-        })
+        untested_warning(&self.kernelrelease)
     }
 
     /// A note when modules will lack the BTF the kernel's own have: Kbuild generates module
@@ -224,6 +217,18 @@ impl KbuildTree {
         let o = format!("{}.o", ko.strip_suffix(".ko").unwrap_or(ko));
         self.modules_order.as_ref().map(|order| order.contains(&o))
     }
+}
+
+/// The warning for a release outside [`TESTED`] (a warning, not a refusal).
+fn untested_warning(release: &str) -> Option<String> {
+    let version = major_minor(release)?;
+    let (low, high) = (major_minor(TESTED.0)?, major_minor(TESTED.1)?);
+    (version < low || version > high).then(|| {
+        format!(
+            "kernel {release} is outside the versions extmod is tested with ({} to {}); check its modules before shipping them",
+            TESTED.0, TESTED.1
+        )
+    })
 }
 
 /// `UTS_RELEASE` of `include/generated/utsrelease.h`.
@@ -326,6 +331,16 @@ mod tests {
             Some("6.1.0-57-amd64")
         );
         assert_eq!(uts_release("/* nothing */"), None);
+    }
+
+    #[test]
+    fn versions_outside_the_tested_range_are_named() {
+        for inside in ["6.1.0-57-amd64", "6.12.118+deb12-amd64", "7.3.4+deb13-amd64", "6.6.0"] {
+            assert_eq!(untested_warning(inside), None, "{inside}");
+        }
+        let w = untested_warning("5.15.0-100-generic").unwrap();
+        assert!(w.contains("5.15.0-100-generic") && w.contains("(6.1 to 7.3)"), "{w}");
+        assert!(untested_warning("7.4.0").is_some());
     }
 
     #[test]
