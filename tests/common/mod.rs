@@ -251,8 +251,12 @@ pub fn debian_headers_of(series: &str) -> Option<PathBuf> {
 /// A root holding Debian's own modules of the headers `abi` (`6.1.0-57`), from
 /// `scripts/debian-modules <abi>`; prints why a test is skipped otherwise.
 pub fn debian_modules_of(abi: &str) -> Option<PathBuf> {
+    run_debian_modules(&[abi])
+}
+
+fn run_debian_modules(args: &[&str]) -> Option<PathBuf> {
     let o = std::process::Command::new(repo().join("scripts/debian-modules"))
-        .arg(abi)
+        .args(args)
         .output()
         .ok()?;
     if !o.status.success() {
@@ -265,20 +269,11 @@ pub fn debian_modules_of(abi: &str) -> Option<PathBuf> {
     Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
 }
 
-/// A root holding Debian's own modules for the installed headers (`lib/modules/<abi>/kernel`),
-/// from `scripts/debian-modules`; prints why a test is skipped otherwise.
+/// A root holding Debian's own modules for the installed 6.12 headers
+/// (`lib/modules/<abi>/kernel`), from `scripts/debian-modules`; prints why a test is skipped
+/// otherwise.
 pub fn debian_modules() -> Option<PathBuf> {
-    let o = std::process::Command::new(repo().join("scripts/debian-modules"))
-        .output()
-        .ok()?;
-    if !o.status.success() {
-        eprintln!(
-            "SKIP: Debian's modules are not available: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        );
-        return None;
-    }
-    Some(PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+    run_debian_modules(&[])
 }
 
 /// Every file below `root`, relative, with its bytes (symlinks as their target).
