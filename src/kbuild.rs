@@ -335,11 +335,19 @@ mod tests {
 
     #[test]
     fn versions_outside_the_tested_range_are_named() {
-        for inside in ["6.1.0-57-amd64", "6.12.118+deb12-amd64", "7.3.4+deb13-amd64", "6.6.0"] {
+        for inside in [
+            "6.1.0-57-amd64",
+            "6.12.118+deb12-amd64",
+            "7.3.4+deb13-amd64",
+            "6.6.0",
+        ] {
             assert_eq!(untested_warning(inside), None, "{inside}");
         }
         let w = untested_warning("5.15.0-100-generic").unwrap();
-        assert!(w.contains("5.15.0-100-generic") && w.contains("(6.1 to 7.3)"), "{w}");
+        assert!(
+            w.contains("5.15.0-100-generic") && w.contains("(6.1 to 7.3)"),
+            "{w}"
+        );
         assert!(untested_warning("7.4.0").is_some());
     }
 
