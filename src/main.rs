@@ -6,9 +6,9 @@ macro_rules! outln {
 }
 
 mod audit;
+mod build;
 mod cache;
 mod cli;
-mod engine;
 mod error;
 mod events;
 mod fresh;
@@ -95,7 +95,7 @@ fn build(args: &BuildArgs) -> u8 {
             Err(e) => return report_error(&e),
         }
     }
-    let opts = engine::BuildOptions {
+    let opts = build::BuildOptions {
         kbuild: args.kbuild.clone(),
         srctree: args.srctree.clone(),
         objdir: args.objdir.clone(),
@@ -122,7 +122,7 @@ fn build(args: &BuildArgs) -> u8 {
     };
     let reporter = reporter::Reporter::new(reporter::Mode::detect(args.json));
     let start = std::time::Instant::now();
-    match engine::run(&opts, &|e| reporter.event(e)) {
+    match build::run(&opts, &|e| reporter.event(e)) {
         Ok(results) => {
             reporter.finish(&results, start.elapsed().as_secs_f64());
             if results

@@ -1,0 +1,387 @@
+//! One package's make calls: command lines, the in-tree modpost, the output and what a
+//! failure means.
+
+use super::ctx::Ctx;
+use super::job::{Job, Unit};
+use super::prepare::{prepare_tree, unit_symvers};
+use super::slots::Slots;
+use super::stage::stage;
+use crate::events::{Event, PackageResult, Phases, Status};
+use crate::modinst::InstalledModule;
+use camino::{Utf8Path, Utf8PathBuf};
+use kbuild_install::Error as KError;
+use kbuild_install::process::{self, interrupted};
+use regex::Regex;
+use std::cell::Cell;
+use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::sync::LazyLock;
+use std::time::Instant;
+
+/// modpost as the in-tree build runs it (see [`write_modpost`]), in `D/<package>/`.
+pub(super) const MODPOST: &str = "modpost-intree";
+
+pub(super) fn make_args(
+    ctx: &Ctx,
+    job: &Job,
+    unit: &Unit,
+    extra_symbols: &[Utf8PathBuf],
+) -> Vec<String> {
+    let name = &job.pkg.name;
+    let mut args = ctx
+        .generation
+        .placement(&ctx.tree(name), &ctx.out(name), &unit.dir);
+    args.extend(ctx.k.make_vars.iter().cloned());
+    args.extend(ctx.generation_vars(job).unwrap_or_default());
+    if !ctx.external {
+        args.push(format!(
+            "MODPOST={}",
+            ctx.pkg_dir(&job.pkg.name).join(MODPOST)
+        ));
+    }
+    // Module BTF: pahole's `-j` makes its output depend on thread timing (pahole < 1.27), and
+    // scripts/Makefile.btf drops `-j` when KBUILD_BUILD_TIMESTAMP is set, as reproducible
+    // builds (Debian's among them) do. Nothing else in a module build reads it.
+    if ctx.k.value("DEBUG_INFO_BTF_MODULES") == Some("y")
+        && std::env::var_os("KBUILD_BUILD_TIMESTAMP").is_none()
+    {
+        args.push("KBUILD_BUILD_TIMESTAMP=@0".into());
+    }
+    if !extra_symbols.is_empty() {
+        let list: Vec<&str> = extra_symbols.iter().map(|p| p.as_str()).collect();
+        args.push(format!("KBUILD_EXTRA_SYMBOLS={}", list.join(" ")));
+    }
+    args.extend(ctx.generation.goals(&unit.dir, &unit.goals));
+    args
+}
+
+pub(super) fn command_line(ctx: &Ctx, job: &Job, unit: &Unit, extra: &[Utf8PathBuf]) -> String {
+    process::display("make", &make_args(ctx, job, unit, extra))
+}
+
+pub(super) fn build_package(
+    ctx: &Ctx,
+    job: &Job,
+    extra: &[Utf8PathBuf],
+    slots: &Slots,
+    emit: &(dyn Fn(Event) + Sync),
+) -> PackageResult {
+    let start = Instant::now();
+    let name = &job.pkg.name;
+    let mut r = PackageResult::new(name, Status::Failed);
+    r.modules = job.modules.clone();
+    r.notes = job.notes.clone();
+    let log_path = ctx.pkg_dir(name).join("build.log");
+    r.log = Some(log_path.clone());
+    let started = std::time::SystemTime::now();
+    // Providers chained into this package: its dependencies', then its own earlier units'.
+    let deps_extra = extra;
+    let mut extra = extra.to_vec();
+    let mut phases = Phases::default();
+    let outcome = (|| -> Result<Vec<InstalledModule>, String> {
+        let setup_start = Instant::now();
+        ctx.generation_vars(job)?;
+        prepare_tree(ctx, job).map_err(|e| e.to_string())?;
+        phases.setup = setup_start.elapsed().as_secs_f64();
+        let mut log = std::fs::File::create(&log_path)
+            .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
+        // Units run in the package's order; one whose modpost misses symbols that a unit still
+        // to come exports (by the base Module.symvers) waits for it: modpost names the needs.
+        let mut pending: std::collections::VecDeque<&Unit> = job.units.iter().collect();
+        let mut deferred = 0;
+        while let Some(unit) = pending.pop_front() {
+            let args = make_args(ctx, job, unit, &extra);
+            let line = process::display("make", &args);
+            r.commands.push(line.clone());
+            emit(Event::Started {
+                package: name.clone(),
+                command: line.clone(),
+            });
+            let _ = writeln!(log, "$ {line}");
+            let make_start = Instant::now();
+            let (first_out, modpost_at, after_modpost) =
+                (Cell::new(None), Cell::new(None), Cell::new(None));
+            let (status, text) = run_make(&args, &line, slots, &ctx.protected, &mut log, &|l| {
+                let now = Some(Instant::now());
+                if l.starts_with("MODPOST") {
+                    modpost_at.set(now);
+                } else if modpost_at.get().is_some() {
+                    if after_modpost.get().is_none() {
+                        after_modpost.set(now);
+                    }
+                } else if first_out.get().is_none() {
+                    first_out.set(now);
+                }
+                emit(Event::Output {
+                    package: name.clone(),
+                    line: l.to_string(),
+                })
+            })?;
+            phases.add_make(
+                make_start,
+                first_out.get(),
+                modpost_at.get(),
+                after_modpost.get(),
+                Instant::now(),
+            );
+            if interrupted() {
+                return Err("interrupted".into());
+            }
+            match status {
+                Some(s) if s.success() => {
+                    deferred = 0;
+                    // Later units see this one's exports when the base list lacks or filters them.
+                    // (With in-tree modpost the base list lacks every module of the package.)
+                    let fresh_exports = job.variant.is_some()
+                        || !ctx.external
+                        || unit.goals.iter().any(|g| {
+                            ctx.k.built_module(&format!("{}/{g}", unit.dir)) == Some(false)
+                        });
+                    if fresh_exports {
+                        extra.push(unit_symvers(ctx, name, unit)?);
+                    }
+                }
+                _ if deferred < pending.len() && needs_later_unit(ctx, &text, &pending) => {
+                    let _ = writeln!(
+                        log,
+                        "# {}: needs exports of a later unit of this package; built after it",
+                        unit.dir
+                    );
+                    r.commands.pop();
+                    deferred += 1;
+                    pending.push_back(unit);
+                }
+                other => {
+                    let why = explain_failure(&text, ctx);
+                    let st = other.map_or("did not finish".to_string(), |s| s.to_string());
+                    return Err(format!("`make` failed ({st}): {why}"));
+                }
+            }
+        }
+        let stage_start = Instant::now();
+        let installed = stage(ctx, job, deps_extra, started).map_err(|e| {
+            let hint = e
+                .hint()
+                .map(|h| format!(" (hint: {h})"))
+                .unwrap_or_default();
+            format!("{e}{hint}")
+        })?;
+        phases.stage = stage_start.elapsed().as_secs_f64();
+        Ok(installed)
+    })();
+    r.seconds = start.elapsed().as_secs_f64();
+    match outcome {
+        Ok(installed) => {
+            r.status = Status::Built;
+            r.staged = Some(ctx.staged(name));
+            r.installed = installed;
+            r.phases = Some(phases);
+            r.notes.extend(ctx.installer.notes.iter().cloned());
+            r.notes.extend(ctx.k.btf_note());
+        }
+        Err(e) => r.error = Some(e),
+    }
+    r
+}
+
+/// Run one make with the shared jobserver, copying its output to `log` and Kbuild's progress
+/// lines to `progress`; its status (`None` when it could not be waited for) and output.
+pub(super) fn run_make(
+    args: &[String],
+    line: &str,
+    slots: &Slots,
+    protected: &[Utf8PathBuf],
+    log: &mut std::fs::File,
+    progress: &dyn Fn(&str),
+) -> Result<(Option<std::process::ExitStatus>, String), String> {
+    let client = slots.client.clone();
+    let protected = protected.to_vec();
+    let expr = kbuild_install::selftest::make_expr("make", args).before_spawn(move |cmd| {
+        client.configure_make(cmd);
+        // S and K read-only for make and everything it runs.
+        let paths: Vec<&Utf8Path> = protected.iter().map(|p| p.as_path()).collect();
+        kbuild_install::sandbox::protect(cmd, &paths);
+        Ok(())
+    });
+    let (reader, _guard) =
+        process::start_reader(expr).map_err(|e| format!("cannot start `{line}`: {e}"))?;
+    let mut reader = std::io::BufReader::new(reader);
+    let mut buf = String::new();
+    let mut text = String::new();
+    loop {
+        buf.clear();
+        match reader.read_line(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {
+                let _ = log.write_all(buf.as_bytes());
+                text.push_str(&buf);
+                let l = buf.trim_end();
+                if is_progress_line(l) {
+                    progress(l.trim());
+                }
+            }
+            // A non-UTF-8 line: keep going.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => continue,
+            Err(e) => return Err(format!("reading `{line}`: {e}")),
+        }
+    }
+    let handle = reader.into_inner();
+    Ok((handle.try_wait().ok().flatten().map(|o| o.status), text))
+}
+
+/// Whether modpost failed only for symbols that modules of `pending` units export in the base
+/// build's Module.symvers.
+pub(super) fn needs_later_unit(
+    ctx: &Ctx,
+    log: &str,
+    pending: &std::collections::VecDeque<&Unit>,
+) -> bool {
+    static UNDEF: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[[^\]]+\] undefined!"#).unwrap());
+    let needed: BTreeSet<&str> = UNDEF
+        .captures_iter(log)
+        .map(|c| c.get(1).unwrap().as_str())
+        .collect();
+    if needed.is_empty() {
+        return false;
+    }
+    let later: BTreeSet<String> = pending
+        .iter()
+        .flat_map(|u| {
+            u.goals
+                .iter()
+                .map(move |g| format!("{}/{}", u.dir, g.trim_end_matches(".ko")))
+        })
+        .collect();
+    let Ok(base) = std::fs::read_to_string(ctx.k.path.join("Module.symvers")) else {
+        return false;
+    };
+    let exported_later: BTreeSet<&str> = base
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let (_, sym, module) = (f.next()?, f.next()?, f.next()?);
+            later.contains(module).then_some(sym)
+        })
+        .collect();
+    needed.iter().all(|s| exported_later.contains(s))
+}
+
+/// Kbuild's `scripts/Makefile.modpost` passes `-e` (external module) to modpost for every `M=`
+/// build; the in-tree build does not, and only then does modpost write `MODULE_INFO(intree,
+/// "Y")` into `<mod>.mod.c`. `MODPOST=` on make's command line replaces the command (it is also a
+/// prerequisite, so it must be one file): this script drops `-e` and runs the tree's modpost.
+/// The base Module.symvers the overlay gives modpost lacks the package's own modules, so they
+/// are not "exported twice". The tree's modpost is found beside the script (make runs in the
+/// output directory since 6.13).
+pub(super) fn write_modpost(pkg_dir: &Utf8Path) -> Result<(), KError> {
+    let path = pkg_dir.join(MODPOST);
+    let script = "#!/bin/sh\n\
+# Written by extmod: modpost as the in-tree build runs it (without -e).\n\
+for a do shift; [ \"$a\" = -e ] || set -- \"$@\" \"$a\"; done\n\
+exec \"${0%/*}/tree/scripts/mod/modpost\" \"$@\"\n";
+    std::fs::write(&path, script).map_err(|e| KError::io("write", &path, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| KError::io("chmod", &path, e))
+}
+
+/// Kbuild's short-format progress lines (`  CC [M]  drivers/net/dummy.o`).
+pub(super) fn is_progress_line(l: &str) -> bool {
+    static RE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"^\s{2}[A-Z][A-Z0-9_]{1,8}(\s\[M\])?\s+\S").unwrap());
+    RE.is_match(l)
+}
+
+/// A failure in words: modpost's complaints explained, else the first compiler errors.
+pub(super) fn explain_failure(log: &str, ctx: &Ctx) -> String {
+    static UNDEF: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r#"ERROR: modpost: "([^"]+)" \[([^\]]+)\] undefined!"#).unwrap()
+    });
+    static TWICE: LazyLock<Regex> =
+        LazyLock::new(|| Regex::new(r"ERROR: modpost: (.*exported twice.*)").unwrap());
+    let mut out = Vec::new();
+    for c in UNDEF.captures_iter(log).take(5) {
+        out.push(format!(
+            "module {} needs symbol `{}`, which neither the base kernel's Module.symvers nor a dependency provides{}",
+            &c[2],
+            &c[1],
+            provider_hint(ctx, &c[1])
+        ));
+    }
+    static LICENSE: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"ERROR: modpost: (missing MODULE_LICENSE\(\) in \S+)").unwrap()
+    });
+    for c in LICENSE.captures_iter(log).take(3) {
+        out.push(format!(
+            "{} (the object was compiled as built-in code: its CONFIG symbol is not =m in the configuration this build saw)",
+            &c[1]
+        ));
+    }
+    for c in TWICE.captures_iter(log).take(3) {
+        out.push(format!(
+            "{} (the module duplicates code the kernel already has)",
+            &c[1]
+        ));
+    }
+    static READ_ONLY: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?m)[`'‘]([^'’`\n]+)[’'`]: Read-only file system|(\S+): Read-only file system")
+            .unwrap()
+    });
+    for c in READ_ONLY.captures_iter(log).take(3) {
+        out.push(format!(
+            "the build tried to write `{}` (in the package's tree `{}`), which leads into a tree extmod keeps read-only (the source tree, the Kbuild tree or the trees it was made from); nothing was written there",
+            c.get(1).or(c.get(2)).map_or("", |m| m.as_str()),
+            ctx.objdir
+        ));
+    }
+    if out.is_empty() {
+        out = log
+            .lines()
+            .filter(|l| {
+                l.contains("error:")
+                    || l.contains("Error ")
+                    || l.starts_with("ERROR")
+                    || l.contains("No rule to make target")
+            })
+            .take(4)
+            .map(str::to_string)
+            .collect();
+    }
+    if out.is_empty() {
+        out.push(log.lines().rev().take(3).collect::<Vec<_>>().join(" | "));
+    }
+    out.join("; ")
+}
+
+/// Which package built so far exports `sym`.
+pub(super) fn provider_hint(ctx: &Ctx, sym: &str) -> String {
+    let Ok(rd) = ctx.objdir.read_dir_utf8() else {
+        return String::new();
+    };
+    for e in rd.flatten() {
+        if let Ok(text) = std::fs::read_to_string(e.path().join("Module.symvers"))
+            && text.lines().any(|l| l.split('\t').nth(1) == Some(sym))
+        {
+            return format!(
+                " (package `{}` exports it: add it to `depends`)",
+                e.file_name()
+            );
+        }
+    }
+    String::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_are_kbuilds_short_output() {
+        assert!(is_progress_line("  CC [M]  drivers/net/dummy.o"));
+        assert!(is_progress_line("  MODPOST drivers/net/Module.symvers"));
+        assert!(is_progress_line("  LD [M]  drivers/net/dummy.ko"));
+        assert!(!is_progress_line("make: Entering directory '/x'"));
+        assert!(!is_progress_line("drivers/net/dummy.c:1:1: error: x"));
+    }
+}

@@ -1,0 +1,191 @@
+//! The build engine: plans packages, builds them with `make -C <overlay> M=<dir> <goals>` in
+//! split object directories sharing one jobserver, stages the results, and emits [`Event`]s.
+//!
+//! One way through: [`run`] checks the inputs and takes the locks, `plan` decides each package
+//! (fresh, refused, or a [`job::Job`]), `schedule` runs the jobs on the shared make slots,
+//! `prepare` makes each package's overlay, `make` runs its make calls, and `stage` installs the
+//! modules and records what they were built from.
+
+mod ctx;
+mod job;
+mod make;
+mod plan;
+mod prepare;
+mod schedule;
+mod slots;
+mod stage;
+
+use crate::error::Error;
+use crate::events::{Event, PackageResult, Status};
+use crate::generation::Generation;
+use crate::kbuild::KbuildTree;
+use crate::modinst::Installer;
+use crate::package::Package;
+use camino::Utf8PathBuf;
+use ctx::Ctx;
+use job::Plan;
+use kbuild_install::Error as KError;
+use kbuild_install::tree::{SourceTree, release_matches};
+use make::command_line;
+use plan::plan;
+use schedule::execute;
+use stage::{install_all, output_dir};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Mutex, OnceLock};
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub kbuild: Utf8PathBuf,
+    pub srctree: Utf8PathBuf,
+    pub objdir: Utf8PathBuf,
+    pub dest: Utf8PathBuf,
+    pub packages: Vec<Package>,
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    pub dry_run: bool,
+    /// Build packages whose variant changes built-in code (labelled as not matching).
+    pub allow_kernel_change: bool,
+    /// make's jobserver, when extmod runs under make (from a `+` recipe line).
+    pub inherited_jobserver: Option<jobserver::Client>,
+    /// Run modpost as for an external module (`-e`: no `intree: Y` modinfo).
+    pub external: bool,
+    /// The `modules_install` steps (strip, sign, compress, depmod).
+    pub install: crate::modinst::InstallOptions,
+    /// Also install every package's modules into one tree (`INSTALL_MOD_PATH`) with depmod.
+    pub install_mod_path: Option<Utf8PathBuf>,
+    /// Fail at once when another run holds a package's lock, instead of waiting.
+    pub no_wait: bool,
+}
+
+/// Run a build; returns one result per package, in dependency order.
+pub fn run(
+    opts: &BuildOptions,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<PackageResult>, Error> {
+    if opts.packages.is_empty() {
+        return Err(Error::NoPackages);
+    }
+    let objdir = kbuild_install::install::absolute(&opts.objdir)?;
+    let dest = kbuild_install::install::absolute(&opts.dest)?;
+    for p in [&opts.kbuild, &opts.srctree, &objdir, &dest] {
+        crate::error::check_kbuild_path(p)?;
+    }
+    let k = KbuildTree::open(&opts.kbuild)?;
+    let src = SourceTree::open(&opts.srctree)?;
+    if !release_matches(&k.recorded_release, &src.kernelversion) {
+        return Err(KError::VersionMismatch {
+            srctree: src.path.clone(),
+            src_version: src.kernelversion.clone(),
+            objtree: k.path.clone(),
+            obj_release: k.recorded_release.clone(),
+        }
+        .into());
+    }
+    // D and OUT are written and cleaned: never inside S, K or the trees K was made from, never
+    // holding them, and apart from each other.
+    let objdir = kbuild_install::tree::resolve(&objdir)?;
+    let dest = kbuild_install::tree::resolve(&dest)?;
+    let protected = crate::guard::protected(&k, Some(src.path.as_path()));
+    for p in [&objdir, &dest] {
+        crate::guard::check_outside(p, &protected)?;
+    }
+    crate::guard::check_apart(&objdir, &dest)?;
+    let cc = k.compiler();
+    for (tool, role) in [
+        ("make", "GNU make"),
+        (cc.as_str(), "the kernel's C compiler (CC)"),
+    ] {
+        which::which(tool).map_err(|_| KError::MissingTool {
+            tool: tool.to_string(),
+            role,
+        })?;
+    }
+    k.check_compiler_target(&cc)?;
+    if let Some(w) = k.untested_version() {
+        emit(Event::Warning(w));
+    }
+    let install_root = match &opts.install_mod_path {
+        Some(p) => Some(output_dir(p, &protected, &objdir, &dest)?),
+        None => None,
+    };
+    let installer = Installer::resolve(&k, &opts.install)?;
+    let packages = crate::package::order(opts.packages.clone())?;
+    let generation = Generation::of_release(&k.kernelrelease);
+    let ctx = Ctx {
+        k,
+        src,
+        objdir,
+        dest,
+        index: OnceLock::new(),
+        allow_kernel_change: opts.allow_kernel_change,
+        dry_run: opts.dry_run,
+        external: opts.external,
+        installer,
+        protected: protected.into_iter().map(|(p, _)| p).collect(),
+        generation,
+        arch_dirs: Mutex::new(HashMap::new()),
+    };
+
+    // Locks (per package, in D and OUT) before reading any state; a dry run writes nothing.
+    let _locks = if opts.dry_run {
+        None
+    } else {
+        for d in [&ctx.objdir, &ctx.dest] {
+            std::fs::create_dir_all(d).map_err(|e| KError::DestNotWritable {
+                path: d.to_path_buf(),
+                source: e,
+            })?;
+        }
+        let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+        let locks =
+            crate::runlock::take(&ctx.k.path, &ctx.objdir, &ctx.dest, &names, opts.no_wait)?;
+        crate::runlock::clean_stale(&ctx.dest, &names);
+        Some(locks)
+    };
+
+    // Plan. A package whose dependency is rebuilt in this run is rebuilt after it.
+    let mut stat_cache = crate::fresh::Cache::default();
+    let mut plans = Vec::new();
+    let mut rebuilt: BTreeSet<String> = BTreeSet::new();
+    for pkg in &packages {
+        let force = pkg.depends.iter().any(|d| rebuilt.contains(d));
+        let p = plan(&ctx, pkg, &mut stat_cache, force)?;
+        if matches!(p, Plan::Build(_)) {
+            rebuilt.insert(pkg.name.clone());
+        }
+        plans.push(p);
+    }
+    let to_build = plans.iter().filter(|p| matches!(p, Plan::Build(_))).count();
+    emit(Event::Planned {
+        packages: plans.len(),
+        to_build,
+    });
+
+    if opts.dry_run {
+        let mut out = Vec::new();
+        for p in plans {
+            let r = match p {
+                Plan::Done(r) => r,
+                Plan::Build(job) => {
+                    let mut r = PackageResult::new(&job.pkg.name, Status::Planned);
+                    r.commands = job
+                        .units
+                        .iter()
+                        .map(|u| command_line(&ctx, &job, u, &[]))
+                        .collect();
+                    r.modules = job.modules.clone();
+                    r.notes = job.notes.clone();
+                    r
+                }
+            };
+            emit(Event::Finished(Box::new(r.clone())));
+            out.push(r);
+        }
+        return Ok(out);
+    }
+    let results = execute(&ctx, plans, opts, emit)?;
+    if let Some(root) = &install_root {
+        install_all(&ctx, root, &results)?;
+    }
+    Ok(results)
+}

@@ -1,0 +1,126 @@
+//! A package's overlay and output directory, made or reused before make runs.
+
+use super::ctx::Ctx;
+use super::job::{Job, Unit};
+use super::make::write_modpost;
+use super::stage::STATE;
+use crate::kbuild::Kind;
+use crate::overlay::{self, Layers};
+use camino::Utf8PathBuf;
+use kbuild_install::Error as KError;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Create (or reuse) the package's overlay; drop outputs that are about to be rebuilt so that
+/// staged hardlinks never see an in-place write.
+pub(super) fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
+    let dir = ctx.pkg_dir(&job.pkg.name);
+    let tree = ctx.tree(&job.pkg.name);
+    // The overlay is reused only for the same package inputs and the same layout: the
+    // directories written, the variant, and the source listing of those directories (a new or
+    // removed file, or a new subdirectory, must not leave a stale link or miss a source).
+    let layout = {
+        let mut h = Sha256::new();
+        h.update(job.key.as_bytes());
+        for d in &job.write_dirs {
+            h.update(d.as_bytes());
+            let mut names: Vec<String> = std::fs::read_dir(ctx.src.path.join(d))
+                .map(|rd| {
+                    rd.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            h.update(names.join("/").as_bytes());
+        }
+        if let Some(v) = &job.variant {
+            h.update(v.dir.as_str().as_bytes());
+        }
+        format!("{:x}", h.finalize())
+    };
+    let layout_file = dir.join("layout");
+    let same_layout = std::fs::read_to_string(&layout_file).is_ok_and(|l| l == layout);
+    // Outputs that depend on a changed input go first (make would keep an object newer than
+    // a replacement with an older mtime), then the state: an interrupted run builds again.
+    let out = ctx.out(&job.pkg.name);
+    crate::fresh::remove_stale(&out, &job.write_dirs, &job.changed);
+    let _ = std::fs::remove_file(dir.join(STATE));
+    if !same_layout || !tree.is_dir() {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| KError::io("remove", &dir, e))?;
+        }
+        let module_dirs = job.write_dirs.clone();
+        let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
+        let mut overrides = BTreeMap::new();
+        if let Some(v) = &job.variant {
+            // The variant's configuration, as the C code and make see it.
+            overrides.insert("include/config".to_string(), v.dir.join("include/config"));
+            for f in ["autoconf.h", "rustc_cfg"] {
+                overrides.insert(
+                    format!("include/generated/{f}"),
+                    v.dir.join("include/generated").join(f),
+                );
+            }
+            overrides.insert(".config".to_string(), v.dir.join(".config"));
+        }
+        if job.variant.is_some() || !ctx.external {
+            // Modules the base already has are rebuilt here: modpost must not see their old
+            // exports next to the new ones (without `-e`, or with a variant's new exports).
+            let base = std::fs::read_to_string(ctx.k.path.join("Module.symvers"))
+                .map_err(|e| KError::io("read", ctx.k.path.join("Module.symvers"), e))?;
+            let ours: BTreeSet<&str> = job
+                .modules
+                .iter()
+                .map(|m| m.trim_end_matches(".ko"))
+                .collect();
+            let filtered: String = base
+                .lines()
+                .filter(|l| l.split('\t').nth(2).is_none_or(|m| !ours.contains(m)))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::create_dir_all(&dir).map_err(|e| KError::io("create", &dir, e))?;
+            let path = dir.join("base.Module.symvers");
+            std::fs::write(&path, filtered).map_err(|e| KError::io("write", &path, e))?;
+            overrides.insert("Module.symvers".to_string(), path);
+        }
+        let layers = Layers {
+            kbuild: &ctx.k.layers,
+            kbuild_only: only,
+            src: &ctx.src.path,
+            overrides: &overrides,
+            hidden: ctx.generation.hides(),
+        };
+        overlay::create(&tree, &layers, &module_dirs)?;
+        if !ctx.external {
+            write_modpost(&dir)?;
+        }
+        crate::runlock::mark(&dir, &job.pkg.name)?;
+        std::fs::write(&layout_file, &layout).map_err(|e| KError::io("write", &layout_file, e))?;
+    }
+    for m in &job.modules {
+        let _ = std::fs::remove_file(out.join(m));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| KError::io("create", &out, e))?;
+    for f in ctx.generation.local_outputs() {
+        let p = out.join(f);
+        if !p.exists() {
+            std::fs::write(&p, "").map_err(|e| KError::io("write", &p, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The exports of one unit's modules, as later units and the package's Module.symvers take
+/// them: `<out>/<dir>/Module.symvers` (since 6.13 copied there from the one the build wrote
+/// at the output root, which the next unit's build rewrites).
+pub(super) fn unit_symvers(ctx: &Ctx, name: &str, unit: &Unit) -> Result<Utf8PathBuf, String> {
+    let out = ctx.out(name);
+    let path = out.join(&unit.dir).join("Module.symvers");
+    let written = ctx.generation.written_symvers(&out, &unit.dir);
+    if written != path {
+        std::fs::copy(&written, &path)
+            .map_err(|e| format!("cannot copy `{written}` to `{path}`: {e}"))?;
+    }
+    Ok(path)
+}
