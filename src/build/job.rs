@@ -27,7 +27,30 @@ pub(super) struct Job {
     pub(super) changed: Vec<String>,
 }
 
+/// What planning decided for a package.
 pub(super) enum Plan {
-    Done(PackageResult),
+    /// Built before from the same inputs; its staged modules are still there.
+    Fresh(PackageResult),
+    /// Not built, with the reason and exit code.
+    Refused(PackageResult),
+    /// Could not be planned (its configuration variant could not be made).
+    Failed(PackageResult),
     Build(Job),
+}
+
+impl Plan {
+    /// The result of a package that is not built in this run, or its job.
+    pub(super) fn settled(self) -> Result<PackageResult, Box<Job>> {
+        match self {
+            Plan::Fresh(r) | Plan::Refused(r) | Plan::Failed(r) => Ok(r),
+            Plan::Build(job) => Err(Box::new(job)),
+        }
+    }
+
+    pub(super) fn name(&self) -> &str {
+        match self {
+            Plan::Fresh(r) | Plan::Refused(r) | Plan::Failed(r) => &r.name,
+            Plan::Build(job) => &job.pkg.name,
+        }
+    }
 }

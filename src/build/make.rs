@@ -90,40 +90,9 @@ pub(super) fn build_package(
         let mut pending: std::collections::VecDeque<&Unit> = job.units.iter().collect();
         let mut deferred = 0;
         while let Some(unit) = pending.pop_front() {
-            let args = make_args(ctx, job, unit, &extra);
-            let line = process::display("make", &args);
-            r.commands.push(line.clone());
-            emit(Event::Started {
-                package: name.clone(),
-                command: line.clone(),
-            });
-            let _ = writeln!(log, "$ {line}");
-            let make_start = Instant::now();
-            let (first_out, modpost_at, after_modpost) =
-                (Cell::new(None), Cell::new(None), Cell::new(None));
-            let (status, text) = run_make(&args, &line, slots, &ctx.protected, &mut log, &|l| {
-                let now = Some(Instant::now());
-                if l.starts_with("MODPOST") {
-                    modpost_at.set(now);
-                } else if modpost_at.get().is_some() {
-                    if after_modpost.get().is_none() {
-                        after_modpost.set(now);
-                    }
-                } else if first_out.get().is_none() {
-                    first_out.set(now);
-                }
-                emit(Event::Output {
-                    package: name.clone(),
-                    line: l.to_string(),
-                })
-            })?;
-            phases.add_make(
-                make_start,
-                first_out.get(),
-                modpost_at.get(),
-                after_modpost.get(),
-                Instant::now(),
-            );
+            let (line, status, text) =
+                make_unit(ctx, job, unit, &extra, slots, &mut log, &mut phases, emit)?;
+            r.commands.push(line);
             if interrupted() {
                 return Err("interrupted".into());
             }
@@ -182,6 +151,56 @@ pub(super) fn build_package(
         Err(e) => r.error = Some(e),
     }
     r
+}
+
+/// One make call of a unit: its command line announced and logged, Kbuild's progress lines
+/// passed on and timed into `phases`; the command line, make's status and its output.
+#[allow(clippy::too_many_arguments)]
+fn make_unit(
+    ctx: &Ctx,
+    job: &Job,
+    unit: &Unit,
+    extra: &[Utf8PathBuf],
+    slots: &Slots,
+    log: &mut std::fs::File,
+    phases: &mut Phases,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<(String, Option<std::process::ExitStatus>, String), String> {
+    let name = &job.pkg.name;
+    let args = make_args(ctx, job, unit, extra);
+    let line = process::display("make", &args);
+    emit(Event::Started {
+        package: name.clone(),
+        command: line.clone(),
+    });
+    let _ = writeln!(log, "$ {line}");
+    let make_start = Instant::now();
+    let (first_out, modpost_at, after_modpost) =
+        (Cell::new(None), Cell::new(None), Cell::new(None));
+    let (status, text) = run_make(&args, &line, slots, &ctx.protected, log, &|l| {
+        let now = Some(Instant::now());
+        if l.starts_with("MODPOST") {
+            modpost_at.set(now);
+        } else if modpost_at.get().is_some() {
+            if after_modpost.get().is_none() {
+                after_modpost.set(now);
+            }
+        } else if first_out.get().is_none() {
+            first_out.set(now);
+        }
+        emit(Event::Output {
+            package: name.clone(),
+            line: l.to_string(),
+        })
+    })?;
+    phases.add_make(
+        make_start,
+        first_out.get(),
+        modpost_at.get(),
+        after_modpost.get(),
+        Instant::now(),
+    );
+    Ok((line, status, text))
 }
 
 /// Run one make with the shared jobserver, copying its output to `log` and Kbuild's progress

@@ -65,6 +65,35 @@ pub fn run(
     if opts.packages.is_empty() {
         return Err(Error::NoPackages);
     }
+    let (ctx, install_root) = context(opts, emit)?;
+    let packages = crate::package::order(opts.packages.clone())?;
+    let _locks = if opts.dry_run {
+        None
+    } else {
+        Some(lock(&ctx, &packages, opts.no_wait)?)
+    };
+    let plans = plan_all(&ctx, &packages)?;
+    emit(Event::Planned {
+        packages: plans.len(),
+        to_build: plans.iter().filter(|p| matches!(p, Plan::Build(_))).count(),
+    });
+    if opts.dry_run {
+        return Ok(dry_run(&ctx, plans, emit));
+    }
+    let results = execute(&ctx, plans, opts, emit)?;
+    if let Some(root) = &install_root {
+        install_all(&ctx, root, &results)?;
+    }
+    Ok(results)
+}
+
+/// The trees and output directories of a run, checked: the source tree matches the Kbuild
+/// tree's version, D and OUT (and `--install-mod-path`) are outside S, K and the trees K was
+/// made from and apart from each other, and make and the compiler are there.
+fn context(
+    opts: &BuildOptions,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<(Ctx, Option<Utf8PathBuf>), Error> {
     let objdir = kbuild_install::install::absolute(&opts.objdir)?;
     let dest = kbuild_install::install::absolute(&opts.dest)?;
     for p in [&opts.kbuild, &opts.srctree, &objdir, &dest] {
@@ -109,7 +138,6 @@ pub fn run(
         None => None,
     };
     let installer = Installer::resolve(&k, &opts.install)?;
-    let packages = crate::package::order(opts.packages.clone())?;
     let generation = Generation::of_release(&k.kernelrelease);
     let ctx = Ctx {
         k,
@@ -125,67 +153,56 @@ pub fn run(
         generation,
         arch_dirs: Mutex::new(HashMap::new()),
     };
+    Ok((ctx, install_root))
+}
 
-    // Locks (per package, in D and OUT) before reading any state; a dry run writes nothing.
-    let _locks = if opts.dry_run {
-        None
-    } else {
-        for d in [&ctx.objdir, &ctx.dest] {
-            std::fs::create_dir_all(d).map_err(|e| KError::DestNotWritable {
-                path: d.to_path_buf(),
-                source: e,
-            })?;
-        }
-        let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
-        let locks =
-            crate::runlock::take(&ctx.k.path, &ctx.objdir, &ctx.dest, &names, opts.no_wait)?;
-        crate::runlock::clean_stale(&ctx.dest, &names);
-        Some(locks)
-    };
+/// Locks (per package, in D and OUT) before reading any state.
+fn lock(ctx: &Ctx, packages: &[Package], no_wait: bool) -> Result<crate::runlock::RunLocks, Error> {
+    for d in [&ctx.objdir, &ctx.dest] {
+        std::fs::create_dir_all(d).map_err(|e| KError::DestNotWritable {
+            path: d.to_path_buf(),
+            source: e,
+        })?;
+    }
+    let names: Vec<String> = packages.iter().map(|p| p.name.clone()).collect();
+    let locks = crate::runlock::take(&ctx.k.path, &ctx.objdir, &ctx.dest, &names, no_wait)?;
+    crate::runlock::clean_stale(&ctx.dest, &names);
+    Ok(locks)
+}
 
-    // Plan. A package whose dependency is rebuilt in this run is rebuilt after it.
+/// Plan every package. A package whose dependency is rebuilt in this run is rebuilt after it.
+fn plan_all(ctx: &Ctx, packages: &[Package]) -> Result<Vec<Plan>, Error> {
     let mut stat_cache = crate::fresh::Cache::default();
     let mut plans = Vec::new();
     let mut rebuilt: BTreeSet<String> = BTreeSet::new();
-    for pkg in &packages {
+    for pkg in packages {
         let force = pkg.depends.iter().any(|d| rebuilt.contains(d));
-        let p = plan(&ctx, pkg, &mut stat_cache, force)?;
+        let p = plan(ctx, pkg, &mut stat_cache, force)?;
         if matches!(p, Plan::Build(_)) {
             rebuilt.insert(pkg.name.clone());
         }
         plans.push(p);
     }
-    let to_build = plans.iter().filter(|p| matches!(p, Plan::Build(_))).count();
-    emit(Event::Planned {
-        packages: plans.len(),
-        to_build,
-    });
+    Ok(plans)
+}
 
-    if opts.dry_run {
-        let mut out = Vec::new();
-        for p in plans {
-            let r = match p {
-                Plan::Done(r) => r,
-                Plan::Build(job) => {
-                    let mut r = PackageResult::new(&job.pkg.name, Status::Planned);
-                    r.commands = job
-                        .units
-                        .iter()
-                        .map(|u| command_line(&ctx, &job, u, &[]))
-                        .collect();
-                    r.modules = job.modules.clone();
-                    r.notes = job.notes.clone();
-                    r
-                }
-            };
-            emit(Event::Finished(Box::new(r.clone())));
-            out.push(r);
-        }
-        return Ok(out);
+/// `--dry-run`: what would be built, with make's command lines; nothing is written.
+fn dry_run(ctx: &Ctx, plans: Vec<Plan>, emit: &(dyn Fn(Event) + Sync)) -> Vec<PackageResult> {
+    let mut out = Vec::new();
+    for p in plans {
+        let r = p.settled().unwrap_or_else(|job| {
+            let mut r = PackageResult::new(&job.pkg.name, Status::Planned);
+            r.commands = job
+                .units
+                .iter()
+                .map(|u| command_line(ctx, &job, u, &[]))
+                .collect();
+            r.modules = job.modules.clone();
+            r.notes = job.notes.clone();
+            r
+        });
+        emit(Event::Finished(Box::new(r.clone())));
+        out.push(r);
     }
-    let results = execute(&ctx, plans, opts, emit)?;
-    if let Some(root) = &install_root {
-        install_all(&ctx, root, &results)?;
-    }
-    Ok(results)
+    out
 }

@@ -31,6 +31,31 @@ pub(super) fn package_key(ctx: &Ctx, pkg: &Package) -> String {
     format!("{:x}", h.finalize())
 }
 
+/// What a package's kconfig asks of the configuration, checked against the base.
+struct Requests {
+    notes: Vec<String>,
+    /// Requests the base configuration does not satisfy: they need a variant.
+    needs_variant: Vec<KconfigReq>,
+    /// Tristate symbols whose modules the package builds (checked against the base build when
+    /// the base already builds them).
+    module_syms: Vec<String>,
+}
+
+/// Why a package is not built, when planning decides it.
+enum Stop {
+    Refused(Refusal),
+    /// Its configuration variant could not be made (this package fails, the run goes on).
+    Failed(String),
+}
+
+impl From<Refusal> for Stop {
+    fn from(r: Refusal) -> Self {
+        Stop::Refused(r)
+    }
+}
+
+/// Plan one package: fresh (same inputs as its last build), refused or failed with the reason,
+/// or a job to build.
 pub(super) fn plan(
     ctx: &Ctx,
     pkg: &Package,
@@ -38,80 +63,108 @@ pub(super) fn plan(
     force: bool,
 ) -> Result<Plan, Error> {
     let key = package_key(ctx, pkg);
-    // Fresh: same inputs (by content) as the last successful build, and its staged modules
-    // still there.
-    let mut changed = Vec::new();
-    if let Ok(text) = std::fs::read_to_string(ctx.pkg_dir(&pkg.name).join(STATE))
-        && let Ok(state) = serde_json::from_str::<State>(&text)
-        && state.format == STATE_FORMAT
-        && state.key == key
-    {
-        changed = crate::fresh::changed(&state.inputs, cache);
-        let staged = ctx.staged(&pkg.name);
-        if !force
-            && changed.is_empty()
-            && state
-                .installed
-                .iter()
-                .all(|m| staged.join(&m.path).is_file())
-        {
-            let mut r = PackageResult::new(&pkg.name, Status::Fresh);
-            r.modules = state.modules;
-            r.notes = state.notes;
-            r.installed = state.installed;
-            r.staged = Some(ctx.staged(&pkg.name));
-            return Ok(Plan::Done(r));
-        }
-    }
-    let refused = |r: Refusal| {
-        let mut res = PackageResult::new(&pkg.name, Status::Refused);
-        res.refusal = Some(r);
-        Ok(Plan::Done(res))
+    let changed = match last_build(ctx, pkg, &key, cache, force) {
+        Ok(fresh) => return Ok(Plan::Fresh(fresh)),
+        Err(changed) => changed,
     };
-    let index = ctx.index();
-    let mut modules = BTreeSet::new();
-    let mut notes = Vec::new();
-    // Requests the base configuration does not satisfy: they need a variant.
-    let mut needs_variant = Vec::new();
-    // Tristate symbols whose modules the package builds (checked against the base build when
-    // the base already builds them).
-    let mut module_syms = Vec::new();
-    // OpenWrt's Kconfig merge ignores symbols this kernel does not have (`ignore_unknown`).
-    let unknown: Vec<String> = pkg
-        .kconfig
-        .iter()
-        .filter(|r| {
-            pkg.ignore_unknown
-                && r.value.as_deref() != Some("n")
-                && index.sym_type(&r.symbol).is_none()
-                && ctx.k.value(&r.symbol).is_none()
-        })
-        .map(|r| r.to_string())
-        .collect();
-    // Every symbol that would enable the package's modules is unknown (OpenWrt: an empty
-    // package), or nothing is left to build at all.
-    let plain: Vec<String> = pkg
-        .kconfig
-        .iter()
-        .filter(|r| r.value.is_none())
-        .map(|r| r.to_string())
-        .collect();
-    let all_plain_unknown = !plain.is_empty() && plain.iter().all(|p| unknown.contains(p));
-    let nothing_left = unknown.len() == pkg.kconfig.len() && pkg.files.is_empty();
-    if !unknown.is_empty() && (all_plain_unknown || nothing_left) {
-        return refused(refusal(
-            code::UNKNOWN_SYMBOL,
-            format!(
-                "none of its kconfig symbols is a Kconfig symbol of this kernel ({}): {}",
-                ctx.src.kernelversion,
-                unknown.join(", ")
-            ),
-            "OpenWrt generates such a package empty; check the symbols against the kernel version",
-        ));
+    match job(ctx, pkg, key, changed) {
+        Ok(job) => Ok(Plan::Build(job)),
+        Err(Ok(Stop::Refused(r))) => {
+            let mut res = PackageResult::new(&pkg.name, Status::Refused);
+            res.refusal = Some(r);
+            Ok(Plan::Refused(res))
+        }
+        Err(Ok(Stop::Failed(e))) => {
+            let mut res = PackageResult::new(&pkg.name, Status::Failed);
+            res.error = Some(e);
+            Ok(Plan::Failed(res))
+        }
+        Err(Err(e)) => Err(e),
     }
+}
+
+/// The package's last build when it is fresh: same inputs (by content) and its staged modules
+/// still there. Otherwise the inputs that changed since (real paths; none when there was no
+/// usable record).
+fn last_build(
+    ctx: &Ctx,
+    pkg: &Package,
+    key: &str,
+    cache: &mut crate::fresh::Cache,
+    force: bool,
+) -> Result<PackageResult, Vec<String>> {
+    let Ok(text) = std::fs::read_to_string(ctx.pkg_dir(&pkg.name).join(STATE)) else {
+        return Err(Vec::new());
+    };
+    let Ok(state) = serde_json::from_str::<State>(&text) else {
+        return Err(Vec::new());
+    };
+    if state.format != STATE_FORMAT || state.key != key {
+        return Err(Vec::new());
+    }
+    let changed = crate::fresh::changed(&state.inputs, cache);
+    let staged = ctx.staged(&pkg.name);
+    if force
+        || !changed.is_empty()
+        || !state
+            .installed
+            .iter()
+            .all(|m| staged.join(&m.path).is_file())
+    {
+        return Err(changed);
+    }
+    let mut r = PackageResult::new(&pkg.name, Status::Fresh);
+    r.modules = state.modules;
+    r.notes = state.notes;
+    r.installed = state.installed;
+    r.staged = Some(staged);
+    Ok(r)
+}
+
+/// The job for a package that is not fresh: its requests, variant, modules and make calls.
+fn job(
+    ctx: &Ctx,
+    pkg: &Package,
+    key: String,
+    changed: Vec<String>,
+) -> Result<Job, Result<Stop, Error>> {
+    let mut req = requests(ctx, pkg).map_err(|r| Ok(r.into()))?;
+    let variant = if req.needs_variant.is_empty() {
+        None
+    } else {
+        Some(variant(ctx, pkg, &mut req)?)
+    };
+    let km = ctx.kmap(
+        &req.module_syms,
+        variant
+            .as_ref()
+            .map(|v: &crate::variant::Variant| v.dir.as_path()),
+    );
+    let modules =
+        modules(ctx, pkg, &km, &req.module_syms, &mut req.notes).map_err(|r| Ok(r.into()))?;
+    let (units, write_dirs) = units(&modules, &km);
+    Ok(Job {
+        pkg: pkg.clone(),
+        modules: modules.into_iter().collect(),
+        units,
+        key,
+        notes: req.notes,
+        variant,
+        write_dirs,
+        changed,
+    })
+}
+
+/// Check each kconfig request against the kernel and the base configuration.
+fn requests(ctx: &Ctx, pkg: &Package) -> Result<Requests, Refusal> {
+    let index = ctx.index();
+    let mut notes = Vec::new();
+    let mut needs_variant = Vec::new();
+    let mut module_syms = Vec::new();
+    let unknown = unknown_symbols(ctx, pkg)?;
     for req in &pkg.kconfig {
         if let Err(e) = crate::variant::check_request(req) {
-            return refused(refusal(
+            return Err(refusal(
                 code::BAD_PACKAGES,
                 e.to_string().replace("package file `--set`: ", ""),
                 "write one value per kconfig entry",
@@ -136,7 +189,7 @@ pub(super) fn plan(
             continue;
         }
         if ty.is_none() && base.is_none() {
-            return refused(refusal(
+            return Err(refusal(
                 code::UNKNOWN_SYMBOL,
                 format!(
                     "CONFIG_{sym} is not a Kconfig symbol of this kernel ({})",
@@ -152,7 +205,7 @@ pub(super) fn plan(
             .clone()
             .unwrap_or_else(|| if tristate { "m".into() } else { "y".into() });
         if req.value.is_none() && tristate && base == Some("y") {
-            return refused(refusal(
+            return Err(refusal(
                 code::BUILT_IN,
                 format!(
                     "CONFIG_{sym} is built into the base kernel (=y): its code is in vmlinux, not in a module"
@@ -161,7 +214,7 @@ pub(super) fn plan(
             ));
         }
         if req.value.is_none() && !tristate && pkg.kconfig.len() == 1 && pkg.files.is_empty() {
-            return refused(refusal(
+            return Err(refusal(
                 code::NO_MODULE,
                 format!(
                     "CONFIG_{sym} is a {} option: it builds no module",
@@ -186,124 +239,184 @@ pub(super) fn plan(
             module_syms.push(sym.clone());
         }
     }
-    let mut variant = None;
-    if !needs_variant.is_empty() {
-        if crate::variant::variant_manifest(&ctx.k).is_err() {
-            let list: Vec<String> = needs_variant.iter().map(|r| r.to_string()).collect();
-            return refused(refusal(
-                code::NEEDS_VARIANT,
-                format!(
-                    "{} not in the base configuration, and the Kbuild tree cannot make configuration variants",
-                    list.join(", ")
-                ),
-                "make the Kbuild tree with `extmod kbuild-install` (it ships Kconfig and conf)",
-            ));
-        }
-        let reqs: Vec<KconfigReq> = pkg
-            .kconfig
-            .iter()
-            .map(|r| {
-                needs_variant
-                    .iter()
-                    .find(|n| n.symbol == r.symbol)
-                    .cloned()
-                    .unwrap_or_else(|| r.clone())
-            })
-            .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
-            .collect();
-        let v = crate::variant::generate(
-            &crate::variant::Inputs {
-                k: &ctx.k,
-                src: Some(&ctx.src.path),
-                index: Some(index),
-                // A dry run writes nothing into D: its variants go to the user's cache.
-                cache: &if ctx.dry_run {
-                    crate::cache::dir("variants")
-                } else {
-                    ctx.objdir.join(".variants")
-                },
-            },
-            &reqs,
-        );
-        // A variant that cannot be made fails this package only.
-        let v = match v {
-            Ok(v) => v,
-            Err(Error::Kbuild(KError::Interrupted)) => return Err(KError::Interrupted.into()),
-            Err(e) => {
-                let mut res = PackageResult::new(&pkg.name, Status::Failed);
-                res.error = Some(format!("cannot make its configuration variant: {e}"));
-                return Ok(Plan::Done(res));
-            }
-        };
-        if !v.not_applied.is_empty() {
-            let why: Vec<String> = v
-                .not_applied
-                .iter()
-                .map(|n| format!("{}: {}", n.request, n.why))
-                .collect();
-            return refused(refusal(
-                code::NOT_APPLIED,
-                format!("Kconfig did not apply {}", why.join("; ")),
-                "enable the missing dependencies in the package's kconfig, or ask for a value the symbol can take",
-            ));
-        }
-        // Toolchain drift compiles the module with values the kernel was not built with.
-        let affecting: Vec<&crate::variant::Change> = v
-            .kernel_affecting()
-            .into_iter()
-            .chain(v.drift.iter())
-            .collect();
-        if !affecting.is_empty() {
-            let list: Vec<String> = affecting
-                .iter()
-                .map(|c| {
-                    format!(
-                        "CONFIG_{} {} -> {} ({})",
-                        c.symbol,
-                        c.old.as_deref().unwrap_or("n"),
-                        c.new.as_deref().unwrap_or("n"),
-                        c.why
-                    )
-                })
-                .collect();
-            if !ctx.allow_kernel_change {
-                return refused(refusal(
-                    code::KERNEL_AFFECTING,
-                    format!(
-                        "the configuration variant changes the kernel itself: {}",
-                        list.join("; ")
-                    ),
-                    "the modules would not match the running kernel; --allow-kernel-change builds them anyway, labelled",
-                ));
-            }
-            notes.push(format!(
-                "built with --allow-kernel-change: does NOT match the running kernel: {}",
-                list.join("; ")
-            ));
-        }
-        for s in &v.new_modules {
-            if !module_syms.contains(s) {
-                notes.push(if pkg.files.is_empty() {
-                    format!(
-                        "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
-                    )
-                } else {
-                    format!(
-                        "CONFIG_{s}=m is enabled by the variant (selected); only the package's files are built"
-                    )
-                });
-                module_syms.push(s.clone());
-            }
-        }
-        variant = Some(v);
+    Ok(Requests {
+        notes,
+        needs_variant,
+        module_syms,
+    })
+}
+
+/// The package's kconfig symbols this kernel does not have, which `ignore_unknown` leaves out
+/// as OpenWrt's Kconfig merge does; refused when nothing would be left to enable its modules.
+fn unknown_symbols(ctx: &Ctx, pkg: &Package) -> Result<Vec<String>, Refusal> {
+    let index = ctx.index();
+    let unknown: Vec<String> = pkg
+        .kconfig
+        .iter()
+        .filter(|r| {
+            pkg.ignore_unknown
+                && r.value.as_deref() != Some("n")
+                && index.sym_type(&r.symbol).is_none()
+                && ctx.k.value(&r.symbol).is_none()
+        })
+        .map(|r| r.to_string())
+        .collect();
+    // Every symbol that would enable the package's modules is unknown (OpenWrt: an empty
+    // package), or nothing is left to build at all.
+    let plain: Vec<String> = pkg
+        .kconfig
+        .iter()
+        .filter(|r| r.value.is_none())
+        .map(|r| r.to_string())
+        .collect();
+    let all_plain_unknown = !plain.is_empty() && plain.iter().all(|p| unknown.contains(p));
+    let nothing_left = unknown.len() == pkg.kconfig.len() && pkg.files.is_empty();
+    if !unknown.is_empty() && (all_plain_unknown || nothing_left) {
+        return Err(refusal(
+            code::UNKNOWN_SYMBOL,
+            format!(
+                "none of its kconfig symbols is a Kconfig symbol of this kernel ({}): {}",
+                ctx.src.kernelversion,
+                unknown.join(", ")
+            ),
+            "OpenWrt generates such a package empty; check the symbols against the kernel version",
+        ));
     }
-    let km = ctx.kmap(
-        &module_syms,
-        variant
-            .as_ref()
-            .map(|v: &crate::variant::Variant| v.dir.as_path()),
+    Ok(unknown)
+}
+
+/// The configuration variant the package's requests need, made by Kconfig, and what it
+/// changes: refused when Kconfig did not apply a request or the variant changes the kernel
+/// itself (unless `--allow-kernel-change`).
+fn variant(
+    ctx: &Ctx,
+    pkg: &Package,
+    req: &mut Requests,
+) -> Result<crate::variant::Variant, Result<Stop, Error>> {
+    let index = ctx.index();
+    let (needs_variant, notes, module_syms) =
+        (&req.needs_variant, &mut req.notes, &mut req.module_syms);
+    if crate::variant::variant_manifest(&ctx.k).is_err() {
+        let list: Vec<String> = needs_variant.iter().map(|r| r.to_string()).collect();
+        return Err(Ok(Stop::Refused(refusal(
+            code::NEEDS_VARIANT,
+            format!(
+                "{} not in the base configuration, and the Kbuild tree cannot make configuration variants",
+                list.join(", ")
+            ),
+            "make the Kbuild tree with `extmod kbuild-install` (it ships Kconfig and conf)",
+        ))));
+    }
+    let reqs: Vec<KconfigReq> = pkg
+        .kconfig
+        .iter()
+        .map(|r| {
+            needs_variant
+                .iter()
+                .find(|n| n.symbol == r.symbol)
+                .cloned()
+                .unwrap_or_else(|| r.clone())
+        })
+        .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
+        .collect();
+    let v = crate::variant::generate(
+        &crate::variant::Inputs {
+            k: &ctx.k,
+            src: Some(&ctx.src.path),
+            index: Some(index),
+            // A dry run writes nothing into D: its variants go to the user's cache.
+            cache: &if ctx.dry_run {
+                crate::cache::dir("variants")
+            } else {
+                ctx.objdir.join(".variants")
+            },
+        },
+        &reqs,
     );
-    for sym in &module_syms {
+    // A variant that cannot be made fails this package only.
+    let v = match v {
+        Ok(v) => v,
+        Err(Error::Kbuild(KError::Interrupted)) => return Err(Err(KError::Interrupted.into())),
+        Err(e) => {
+            return Err(Ok(Stop::Failed(format!(
+                "cannot make its configuration variant: {e}"
+            ))));
+        }
+    };
+    if !v.not_applied.is_empty() {
+        let why: Vec<String> = v
+            .not_applied
+            .iter()
+            .map(|n| format!("{}: {}", n.request, n.why))
+            .collect();
+        return Err(Ok(Stop::Refused(refusal(
+            code::NOT_APPLIED,
+            format!("Kconfig did not apply {}", why.join("; ")),
+            "enable the missing dependencies in the package's kconfig, or ask for a value the symbol can take",
+        ))));
+    }
+    // Toolchain drift compiles the module with values the kernel was not built with.
+    let affecting: Vec<&crate::variant::Change> = v
+        .kernel_affecting()
+        .into_iter()
+        .chain(v.drift.iter())
+        .collect();
+    if !affecting.is_empty() {
+        let list: Vec<String> = affecting
+            .iter()
+            .map(|c| {
+                format!(
+                    "CONFIG_{} {} -> {} ({})",
+                    c.symbol,
+                    c.old.as_deref().unwrap_or("n"),
+                    c.new.as_deref().unwrap_or("n"),
+                    c.why
+                )
+            })
+            .collect();
+        if !ctx.allow_kernel_change {
+            return Err(Ok(Stop::Refused(refusal(
+                code::KERNEL_AFFECTING,
+                format!(
+                    "the configuration variant changes the kernel itself: {}",
+                    list.join("; ")
+                ),
+                "the modules would not match the running kernel; --allow-kernel-change builds them anyway, labelled",
+            ))));
+        }
+        notes.push(format!(
+            "built with --allow-kernel-change: does NOT match the running kernel: {}",
+            list.join("; ")
+        ));
+    }
+    for s in &v.new_modules {
+        if !module_syms.contains(s) {
+            notes.push(if pkg.files.is_empty() {
+                format!(
+                    "CONFIG_{s}=m is enabled by the variant (selected); its modules are built too"
+                )
+            } else {
+                format!(
+                    "CONFIG_{s}=m is enabled by the variant (selected); only the package's files are built"
+                )
+            });
+            module_syms.push(s.clone());
+        }
+    }
+    Ok(v)
+}
+
+/// The modules the package builds: each symbol's (as Kbuild evaluates the Makefiles under the
+/// package's configuration) unless it names its `files`.
+fn modules(
+    ctx: &Ctx,
+    pkg: &Package,
+    km: &crate::modmap::Kmap,
+    module_syms: &[String],
+    notes: &mut Vec<String>,
+) -> Result<BTreeSet<String>, Refusal> {
+    let mut modules = BTreeSet::new();
+    for sym in module_syms {
         let derived = km.paths(sym);
         let in_base = ctx.k.value(sym) == Some("m");
         let mut found = false;
@@ -320,7 +433,7 @@ pub(super) fn plan(
             }
         }
         if !found && pkg.files.is_empty() {
-            return refused(refusal(
+            return Err(refusal(
                 code::NO_MODULE,
                 format!(
                     "CONFIG_{sym} builds no module that extmod can find in the kernel's Makefiles"
@@ -341,7 +454,7 @@ pub(super) fn plan(
                 .is_ok_and(|t| t.contains(&obj))
         });
         if !mentioned {
-            return refused(refusal(
+            return Err(refusal(
                 code::NO_MODULE,
                 format!("no Makefile in {dir}/ builds {obj}: module '{f}' is missing"),
                 "check the path in `files` against the kernel tree (`extmod which CONFIG_X` lists what a symbol builds)",
@@ -350,14 +463,20 @@ pub(super) fn plan(
     }
     modules.extend(pkg.files.iter().cloned());
     if modules.is_empty() {
-        return refused(refusal(
+        return Err(refusal(
             code::NO_MODULE,
             format!("package {} builds no module", pkg.name),
             "give it a kconfig symbol that is =m in the base config, or `files`",
         ));
     }
+    Ok(modules)
+}
+
+/// One make call per directory of the package's modules, providers first, and the
+/// directories the build writes into.
+fn units(modules: &BTreeSet<String>, km: &crate::modmap::Kmap) -> (Vec<Unit>, BTreeSet<String>) {
     let mut by_dir: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for m in &modules {
+    for m in modules {
         let dir = module_dir(m).to_string();
         let goal = Utf8Path::new(m).file_name().unwrap_or(m).to_string();
         by_dir.entry(dir).or_default().push(goal);
@@ -372,7 +491,7 @@ pub(super) fn plan(
     // directories, then the rest (stable sort); a unit modpost sends back is retried later.
     units.sort_by_key(|u| unit_rank(&u.dir));
     let mut write_dirs: BTreeSet<String> = units.iter().map(|u| u.dir.clone()).collect();
-    for m in &modules {
+    for m in modules {
         let objects = km.objects(m).map_or_else(
             || vec![format!("{}.o", m.trim_end_matches(".ko"))],
             <[String]>::to_vec,
@@ -384,16 +503,7 @@ pub(super) fn plan(
             }
         }
     }
-    Ok(Plan::Build(Job {
-        pkg: pkg.clone(),
-        modules: modules.into_iter().collect(),
-        units,
-        key,
-        notes,
-        variant,
-        write_dirs,
-        changed,
-    }))
+    (units, write_dirs)
 }
 
 /// Build order of a package's directories: libraries (0), core code other modules build on
