@@ -54,6 +54,12 @@ pub enum Command {
         #[arg(default_value = "target/man")]
         dir: camino::Utf8PathBuf,
     },
+    /// Print a shell completion script (bash: `extmod completions bash >
+    /// /usr/share/bash-completion/completions/extmod`; zsh: into a `_extmod` file on $fpath).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 pub const BUILD_LONG_ABOUT: &str = "\

@@ -57,6 +57,19 @@ fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => report_error(&e),
         },
+        Command::Completions { shell } => {
+            use std::io::Write;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "extmod", &mut out);
+            match std::io::stdout().write_all(&out) {
+                Ok(()) => 0,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 141,
+                Err(e) => {
+                    eprintln!("extmod: error: cannot write the completion script: {e}");
+                    kbuild_install::exit::IO
+                }
+            }
+        }
         Command::Man { dir } => match write_man(&dir) {
             Ok(()) => 0,
             Err(e) => {

@@ -855,3 +855,22 @@ fn man_pages_are_generated() {
         assert!(text.contains(".TH"), "{page}");
     }
 }
+
+#[test]
+fn shell_completions_name_the_subcommands_and_options() {
+    let o = extmod().args(["completions", "bash"]).assert().success();
+    let text = String::from_utf8_lossy(&o.get_output().stdout).into_owned();
+    for word in [
+        "kbuild-install",
+        "build",
+        "variant",
+        "--objdir",
+        "--install-mod-path",
+        "complete -F",
+    ] {
+        assert!(text.contains(word), "bash completion lacks {word}");
+    }
+    let o = extmod().args(["completions", "zsh"]).assert().success();
+    assert!(String::from_utf8_lossy(&o.get_output().stdout).starts_with("#compdef extmod"));
+    extmod().args(["completions", "tcsh"]).assert().code(2);
+}
