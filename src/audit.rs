@@ -28,12 +28,33 @@ pub enum Level {
     Warning,
 }
 
+/// What a finding is about; serialized as its kebab-case name (`missing-dependency`).
+/// Declared in the order of those names, which is the order findings are sorted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// AUTOLOAD names a module that is not among the package's FILES.
+    AutoloadNotInFiles,
+    /// A module comes only through a symbol's default or another package.
+    DefaultReliance,
+    /// The package's KCONFIG builds a module FILES does not list.
+    FilesExtra,
+    /// FILES names a module no Makefile line builds.
+    FilesMissing,
+    /// KCONFIG would change the kernel itself.
+    KernelAffecting,
+    /// A module needs one in a package outside the DEPENDS closure, or in none.
+    MissingDependency,
+    /// A KCONFIG symbol this kernel does not have.
+    UnknownSymbol,
+    /// A module the base build made that no package owns.
+    Unpackaged,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Finding {
     pub level: Level,
-    /// unpackaged, missing-dependency, kernel-affecting, default-reliance, files-missing,
-    /// files-extra, autoload-not-in-files, unknown-symbol
-    pub kind: &'static str,
+    pub kind: Kind,
     pub package: Option<String>,
     /// What the finding is about, where one thing is: the module (unpackaged) or the
     /// `CONFIG_` symbol (kernel-affecting).
@@ -187,11 +208,27 @@ pub struct Inputs<'a> {
     pub deps: &'a BTreeMap<String, Vec<String>>,
 }
 
+/// Every finding for a package set, sorted by level, package and kind.
 pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Error> {
     let mut findings = Vec::new();
     let by_name: BTreeMap<&str, &AuditPackage> =
         packages.iter().map(|p| (p.name.as_str(), p)).collect();
-    // What each package owns: FILES, else what its symbols build.
+    let owns = package_findings(inp, packages, &mut findings);
+    kernel_affecting(inp, packages, &by_name, &mut findings);
+    missing_dependencies(inp, packages, &by_name, &owns, &mut findings);
+    unpackaged(inp, &owns, &mut findings);
+    findings.sort_by(|a, b| (a.level, &a.package, a.kind).cmp(&(b.level, &b.package, b.kind)));
+    Ok(findings)
+}
+
+/// Each package on its own: unknown symbols, FILES against what its KCONFIG builds, reliance
+/// on defaults, AUTOLOAD names. Returns what each package owns: FILES, else what its symbols
+/// build.
+fn package_findings<'p>(
+    inp: &Inputs,
+    packages: &'p [AuditPackage],
+    findings: &mut Vec<Finding>,
+) -> BTreeMap<&'p str, BTreeSet<String>> {
     let mut owns: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     for p in packages {
         let predicted: BTreeSet<String> = p
@@ -214,7 +251,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             if inp.index.sym_type(&r.symbol).is_none() {
                 findings.push(Finding {
                     level: Level::Warning,
-                    kind: "unknown-symbol",
+                    kind: Kind::UnknownSymbol,
                     package: Some(p.name.clone()),
                     subject: Some(format!("CONFIG_{}", r.symbol)),
                     message: format!(
@@ -228,10 +265,10 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             for f in files.difference(&predicted) {
                 let builders = inp.kmap.symbols_for(f);
                 if builders.is_empty() {
-                    findings.push(Finding { level: Level::Error, kind: "files-missing", package: Some(p.name.clone()), subject: None,
+                    findings.push(Finding { level: Level::Error, kind: Kind::FilesMissing, package: Some(p.name.clone()), subject: None,
                         message: format!("FILES names {f}, which no Makefile line builds (ERROR: module '{f}' is missing.)") });
                 } else if !builders.iter().any(|b| named.contains(b.as_str())) {
-                    findings.push(Finding { level: Level::Warning, kind: "default-reliance", package: Some(p.name.clone()), subject: None,
+                    findings.push(Finding { level: Level::Warning, kind: Kind::DefaultReliance, package: Some(p.name.clone()), subject: None,
                         message: format!("{f} is built by {} which the package's KCONFIG does not name: it relies on that symbol's default",
                             builders.iter().map(|b| format!("CONFIG_{b}")).collect::<Vec<_>>().join(" or ")) });
                 }
@@ -239,7 +276,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             for m in predicted.difference(&files) {
                 findings.push(Finding {
                     level: Level::Warning,
-                    kind: "files-extra",
+                    kind: Kind::FilesExtra,
                     package: Some(p.name.clone()),
                     subject: None,
                     message: format!("its KCONFIG also builds {m}, which FILES does not list"),
@@ -251,7 +288,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                 files.iter().flat_map(|f| inp.kmap.symbols_for(f)).collect();
             findings.push(Finding {
                 level: Level::Warning,
-                kind: "default-reliance",
+                kind: Kind::DefaultReliance,
                 package: Some(p.name.clone()),
                 subject: None,
                 message: format!(
@@ -274,7 +311,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             if !file_names.contains(&a.replace('-', "_")) {
                 findings.push(Finding {
                     level: Level::Warning,
-                    kind: "autoload-not-in-files",
+                    kind: Kind::AutoloadNotInFiles,
                     package: Some(p.name.clone()),
                     subject: None,
                     message: format!("AUTOLOAD names `{a}`, which is not among its FILES"),
@@ -282,9 +319,17 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             }
         }
     }
+    owns
+}
 
-    // Kernel-affecting KCONFIG (static classification: what extmod variant would find, without
-    // Kconfig's select/default propagation).
+/// Kernel-affecting KCONFIG (static classification: what extmod variant would find, without
+/// Kconfig's select/default propagation).
+fn kernel_affecting(
+    inp: &Inputs,
+    packages: &[AuditPackage],
+    by_name: &BTreeMap<&str, &AuditPackage>,
+    findings: &mut Vec<Finding>,
+) {
     let mut candidates: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for p in packages {
         for r in &p.kconfig {
@@ -297,7 +342,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             match inp.index.sym_type(&r.symbol) {
                 Some(SymType::Tristate) => findings.push(Finding {
                     level: Level::Error,
-                    kind: "kernel-affecting",
+                    kind: Kind::KernelAffecting,
                     package: Some(p.name.clone()),
                     subject: Some(format!("CONFIG_{}", r.symbol)),
                     message: format!(
@@ -344,7 +389,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
         for pname in pkgs {
             findings.push(Finding {
                 level: Level::Error,
-                kind: "kernel-affecting",
+                kind: Kind::KernelAffecting,
                 package: Some(pname.to_string()),
                 subject: Some(format!("CONFIG_{sym}")),
                 message: format!(
@@ -359,10 +404,18 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             });
         }
     }
+}
 
-    // Module dependencies that cross into packages outside the DEPENDS closure.
+/// Module dependencies that cross into packages outside the DEPENDS closure.
+fn missing_dependencies(
+    inp: &Inputs,
+    packages: &[AuditPackage],
+    by_name: &BTreeMap<&str, &AuditPackage>,
+    owns: &BTreeMap<&str, BTreeSet<String>>,
+    findings: &mut Vec<Finding>,
+) {
     let mut owner: BTreeMap<String, &str> = BTreeMap::new();
-    for (p, mods) in &owns {
+    for (p, mods) in owns {
         for m in mods {
             owner.entry(modname(m)).or_insert(p);
         }
@@ -387,7 +440,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                     Some(o) if reach.contains(*o) => {}
                     Some(o) => findings.push(Finding {
                         level: Level::Error,
-                        kind: "missing-dependency",
+                        kind: Kind::MissingDependency,
                         package: Some(p.name.clone()),
                         subject: None,
                         message: format!(
@@ -396,7 +449,7 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
                     }),
                     None => findings.push(Finding {
                         level: Level::Error,
-                        kind: "missing-dependency",
+                        kind: Kind::MissingDependency,
                         package: Some(p.name.clone()),
                         subject: None,
                         message: format!("{m} needs module `{d}`, which no package provides"),
@@ -405,30 +458,30 @@ pub fn audit(inp: &Inputs, packages: &[AuditPackage]) -> Result<Vec<Finding>, Er
             }
         }
     }
+}
 
-    // Built modules no package owns.
+/// Built modules no package owns.
+fn unpackaged(inp: &Inputs, owns: &BTreeMap<&str, BTreeSet<String>>, findings: &mut Vec<Finding>) {
     let owned: BTreeSet<&String> = owns.values().flatten().collect();
     for o in inp.k.modules_order.iter().flatten() {
         let ko = format!("{}.ko", o.trim_end_matches(".o"));
         if !owned.contains(&ko) {
             findings.push(Finding {
                 level: Level::Warning,
-                kind: "unpackaged",
+                kind: Kind::Unpackaged,
                 package: None,
                 subject: Some(ko.clone()),
                 message: format!("unpackaged kernel module found: {ko}"),
             });
         }
     }
-    findings.sort_by(|a, b| (a.level, &a.package, a.kind).cmp(&(b.level, &b.package, b.kind)));
-    Ok(findings)
 }
 
 /// A catch-all package definition (TOML) owning every unpackaged module.
 pub fn catch_all(name: &str, findings: &[Finding]) -> String {
     let files: Vec<String> = findings
         .iter()
-        .filter(|f| f.kind == "unpackaged")
+        .filter(|f| f.kind == Kind::Unpackaged)
         .filter_map(|f| f.subject.as_deref())
         // A JSON string is a valid TOML basic string: quotes and control characters escaped.
         .map(|f| format!("  {},", serde_json::Value::from(f)))
@@ -456,7 +509,7 @@ pub struct Summary {
 }
 
 pub fn summary(packages: &[AuditPackage], findings: &[Finding]) -> Summary {
-    let with = |kinds: &[&str]| {
+    let with = |kinds: &[Kind]| {
         findings
             .iter()
             .filter(|f| kinds.contains(&f.kind))
@@ -465,7 +518,7 @@ pub fn summary(packages: &[AuditPackage], findings: &[Finding]) -> Summary {
             .len()
     };
     let mut syms: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
-    for f in findings.iter().filter(|f| f.kind == "kernel-affecting") {
+    for f in findings.iter().filter(|f| f.kind == Kind::KernelAffecting) {
         if let (Some(p), Some(sym)) = (f.package.as_deref(), f.subject.clone()) {
             syms.entry(sym).or_default().insert(p);
         }
@@ -473,16 +526,19 @@ pub fn summary(packages: &[AuditPackage], findings: &[Finding]) -> Summary {
     let mut kernel_affecting_symbols: Vec<(String, usize)> =
         syms.into_iter().map(|(s, p)| (s, p.len())).collect();
     kernel_affecting_symbols.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    let kernel_affecting = with(&["kernel-affecting"]);
+    let kernel_affecting = with(&[Kind::KernelAffecting]);
     Summary {
         without_kernel_change: packages.len() - kernel_affecting,
         kernel_affecting,
         kernel_affecting_symbols,
-        missing_dependency: with(&["missing-dependency"]),
-        files_disagree: with(&["files-missing", "files-extra"]),
-        default_reliance: with(&["default-reliance"]),
-        autoload_not_in_files: with(&["autoload-not-in-files"]),
-        unpackaged_modules: findings.iter().filter(|f| f.kind == "unpackaged").count(),
+        missing_dependency: with(&[Kind::MissingDependency]),
+        files_disagree: with(&[Kind::FilesMissing, Kind::FilesExtra]),
+        default_reliance: with(&[Kind::DefaultReliance]),
+        autoload_not_in_files: with(&[Kind::AutoloadNotInFiles]),
+        unpackaged_modules: findings
+            .iter()
+            .filter(|f| f.kind == Kind::Unpackaged)
+            .count(),
     }
 }
 
