@@ -15,13 +15,15 @@
 use crate::error::Error;
 use crate::kbuild::KbuildTree;
 use crate::package::KconfigReq;
-use crate::symbols::{Index, SymType};
+use crate::symbols::Index;
 use camino::{Utf8Path, Utf8PathBuf};
 use kbuild_install::kconfig::{ConfOutputs, run_conf};
 use kbuild_install::{Error as KError, Manifest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+
+mod judge;
 
 const FORMAT: u32 = 3;
 const REPORT: &str = "variant.json";
@@ -358,142 +360,8 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         .map(|(s, _, _)| s.clone())
         .collect();
 
-    let ty = |s: &str| inp.index.and_then(|i| i.sym_type(s));
-    // The base build's record and Kbuild's evaluation of the Makefiles judge every change.
-    let changed: Vec<String> = raw
-        .iter()
-        .filter(|(s, _, _)| !drifted.contains(s))
-        .map(|(s, _, _)| s.clone())
-        .collect();
-    let locality = crate::locality::Locality::for_tree(inp.k);
-    let delta = if changed.is_empty() || !locality.has_record() {
-        None
-    } else {
-        crate::locality::makefile_root(inp.k, inp.src).map(|root| {
-            let ev = crate::kbuild_eval::Evaluator {
-                srctree: root,
-                srcarch: inp.k.srcarch.clone(),
-                make_vars: inp.k.make_vars.clone(),
-                config: base.clone(),
-            };
-            let inputs = inp
-                .index
-                .map_or_else(|| inp.k.identity.clone(), |i| i.digest());
-            crate::locality::delta_for(&inputs, &ev, &variant)
-        })
-    };
-    let verdicts = locality.judge(&changed, delta.as_ref(), inp.index);
-    let mut changes = Vec::new();
-    for (symbol, old, new) in raw {
-        if drifted.contains(&symbol) {
-            continue;
-        }
-        let new_module = old.is_none() && new.as_deref() == Some("m");
-        let (class, why, objects) = if ty(&symbol) == Some(SymType::Tristate)
-            && new.as_deref() == Some("y")
-        {
-            (
-                Class::KernelAffecting,
-                "a tristate built into the kernel (=y) changes vmlinux".to_string(),
-                Vec::new(),
-            )
-        } else {
-            match verdicts.get(&symbol) {
-                Some(crate::locality::Verdict::Local) | None => (
-                    Class::ModuleLocal,
-                    if new_module {
-                        "new module; no built-in object depends on it and the built-in objects stay the same"
-                    } else {
-                        "no built-in object depends on it and the built-in objects stay the same"
-                    }
-                    .to_string(),
-                    Vec::new(),
-                ),
-                Some(crate::locality::Verdict::Kernel(why, objects)) => {
-                    (Class::KernelAffecting, why.clone(), objects.clone())
-                }
-                Some(crate::locality::Verdict::Unjudged(why)) => {
-                    (Class::KernelAffecting, why.clone(), Vec::new())
-                }
-            }
-        };
-        changes.push(Change {
-            symbol,
-            old,
-            new,
-            class,
-            why,
-            objects,
-        });
-    }
-
-    let mut not_applied = Vec::new();
-    for r in &sorted {
-        let want = r.value.clone().unwrap_or_else(|| "m".into());
-        let got = variant.get(&r.symbol).cloned();
-        // auto.conf holds strings without their quotes.
-        let ok = if want == "n" {
-            got.is_none()
-        } else {
-            got.as_deref() == Some(want.as_str())
-                || got.as_deref() == Some(kbuild_install::tree::unquote(&want).as_str())
-        };
-        if ok {
-            continue;
-        }
-        let t = ty(&r.symbol);
-        let why = if t.is_none() && !variant.contains_key(&r.symbol) && inp.index.is_some() {
-            format!("CONFIG_{} is not a Kconfig symbol of this kernel", r.symbol)
-        } else if want == "m" && t == Some(SymType::Bool) {
-            format!(
-                "CONFIG_{} is a bool option: it cannot be a module (=m); ask for =y",
-                r.symbol
-            )
-        } else if want == "m" && got.as_deref() == Some("y") {
-            format!(
-                "CONFIG_{} stays =y: a `select` from built-in code (or a =y dependency) forces it into vmlinux, so it cannot be a module of this kernel",
-                r.symbol
-            )
-        } else if let Some(index) = inp.index {
-            let chain = index.unmet_chain(&r.symbol, &|s| variant.get(s).cloned());
-            // `depends on X=y` (or `X != m`) with X a module: the chain above only sees unset
-            // symbols.
-            let needs_y: Vec<String> = index
-                .depends(&r.symbol)
-                .iter()
-                .flat_map(|e| {
-                    e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '='))
-                        .filter_map(|w| w.strip_suffix("=y"))
-                        .filter(|w| variant.get(*w).map(String::as_str) == Some("m"))
-                        .map(|w| {
-                            format!(
-                                "CONFIG_{} depends on `{e}`: CONFIG_{w} is =m, not =y",
-                                r.symbol
-                            )
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            if !needs_y.is_empty() {
-                needs_y.join("; ")
-            } else if chain.is_empty() {
-                format!(
-                    "Kconfig did not apply it although its dependencies are met: CONFIG_{} may have no prompt (only a `select` or a default sets it), or a `select`, a choice or a range decided otherwise",
-                    r.symbol
-                )
-            } else {
-                format!("unmet dependencies: {}", chain.join("; "))
-            }
-        } else {
-            "Kconfig did not apply it (unmet dependencies)".to_string()
-        };
-        not_applied.push(NotApplied {
-            request: r.to_string(),
-            got,
-            why,
-        });
-    }
-
+    let (changes, delta) = judge::classify(inp, &base, &variant, raw, &drifted);
+    let not_applied = judge::not_applied(inp, &sorted, &variant);
     let v = Variant {
         format: FORMAT,
         dir: dir.clone(),
