@@ -38,218 +38,279 @@ pub fn modules_of(
     base: &TreeEval,
     syms: &[String],
 ) -> BTreeMap<String, SymbolModules> {
-    let trace = std::env::var_os("EXTMOD_EVAL_TRACE").is_some();
-    let tristate = |s: &str| index.sym_type(s) == Some(SymType::Tristate);
+    let r = Rounds {
+        index,
+        ev,
+        base,
+        trace: std::env::var_os("EXTMOD_EVAL_TRACE").is_some(),
+    };
     let mut out: BTreeMap<String, SymbolModules> = syms
         .iter()
         .map(|s| (s.clone(), SymbolModules::default()))
         .collect();
-    // Directory -> requested symbols its Makefiles mention; and every tristate it mentions.
+    // Directory -> requested symbols its Makefiles mention.
     let mut by_dir: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for s in syms.iter().filter(|s| tristate(s)) {
+    for s in syms.iter().filter(|s| r.tristate(s)) {
         for d in index.mentions(s) {
             by_dir.entry(d.as_str()).or_default().push(s.as_str());
         }
     }
-    let mut own: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut own_tristates = |d: &str| -> Vec<String> {
-        own.entry(d.to_string())
-            .or_insert_with(|| {
-                index
-                    .mentioned_in(d)
-                    .into_iter()
-                    .filter(|x| tristate(x))
-                    .cloned()
-                    .collect()
-            })
-            .clone()
-    };
-    let all_to = |list: &[&str], v: Option<&str>| -> Vec<(String, Option<String>)> {
-        list.iter()
-            .map(|s| (s.to_string(), v.map(str::to_string)))
-            .collect()
-    };
-    // Round 1: all on, all off.
-    let mut jobs: Vec<Job> = Vec::new();
-    let mut slots: Vec<(&str, Option<usize>, Option<usize>)> = Vec::new();
-    for (d, list) in &by_dir {
-        let reached = base.dirs.contains_key(*d);
-        let same = |v: Option<&str>| {
-            reached
+    let single = r.all_on_all_off(&by_dir, &mut out);
+    let entered = r.one_at_a_time(&single, &mut out);
+    r.entered_subdirectories(&entered, &by_dir, &mut out);
+    for v in out.values_mut() {
+        v.modules.sort_by(|a, b| a.path.cmp(&b.path));
+        v.modules.dedup_by(|a, b| a.path == b.path);
+    }
+    out
+}
+
+/// What the rounds of evaluation share.
+struct Rounds<'a> {
+    index: &'a Index,
+    ev: &'a Evaluator,
+    base: &'a TreeEval,
+    trace: bool,
+}
+
+impl Rounds<'_> {
+    fn tristate(&self, s: &str) -> bool {
+        self.index.sym_type(s) == Some(SymType::Tristate)
+    }
+
+    /// One evaluation job per needed flip of `sym` (to `=m`, to unset); `None` where the base
+    /// walk already has the answer.
+    fn flips(
+        &self,
+        dir: &str,
+        list: &[&str],
+        jobs: &mut Vec<Job>,
+    ) -> (Option<usize>, Option<usize>) {
+        let (ev, base) = (self.ev, self.base);
+        let reached = base.dirs.contains_key(dir);
+        let mut slot = |v: Option<&str>| {
+            let same = reached
                 && list
                     .iter()
-                    .all(|s| ev.config.get(*s).map(String::as_str) == v)
-        };
-        let mut slot = |v: Option<&str>| {
-            (!same(v)).then(|| {
+                    .all(|s| ev.config.get(*s).map(String::as_str) == v);
+            (!same).then(|| {
                 jobs.push(Job {
-                    dir: d.to_string(),
-                    flips: all_to(list, v),
+                    dir: dir.to_string(),
+                    flips: list
+                        .iter()
+                        .map(|s| (s.to_string(), v.map(str::to_string)))
+                        .collect(),
                 });
                 jobs.len() - 1
             })
         };
         let on = slot(Some("m"));
         let off = slot(None);
-        slots.push((d, on, off));
+        (on, off)
     }
-    let t0 = std::time::Instant::now();
-    let evals = ev.eval(&jobs);
-    if trace {
-        eprintln!("eval round 1: {} jobs in {:?}", jobs.len(), t0.elapsed());
-    }
-    let get = |i: Option<usize>, d: &str| -> Option<&DirEval> {
-        match i {
-            Some(i) => evals.get(i),
-            None => base.dirs.get(d),
+
+    /// Round 1: in each directory, every requested symbol it mentions on, then off. Modules
+    /// that appear go to the symbols whose Makefile lines name them; returns the (symbol,
+    /// directory) pairs that need asking one symbol at a time (a module no line names, a
+    /// subdirectory entered).
+    fn all_on_all_off(
+        &self,
+        by_dir: &BTreeMap<&str, Vec<&str>>,
+        out: &mut BTreeMap<String, SymbolModules>,
+    ) -> BTreeSet<(String, String)> {
+        let (index, ev, base, trace) = (self.index, self.ev, self.base, self.trace);
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut slots: Vec<(&str, Option<usize>, Option<usize>)> = Vec::new();
+        for (d, list) in by_dir {
+            let (on, off) = self.flips(d, list, &mut jobs);
+            slots.push((d, on, off));
         }
-    };
-    let mut named: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    // Round 2 jobs: (symbol, directory) evaluated alone.
-    let mut single: BTreeSet<(String, String)> = BTreeSet::new();
-    for (d, on, off) in &slots {
-        let list = &by_dir[d];
-        let (Some(on_e), Some(off_e)) = (get(*on, d), get(*off, d)) else {
-            continue;
+        let t0 = std::time::Instant::now();
+        let evals = ev.eval(&jobs);
+        if trace {
+            eprintln!("eval round 1: {} jobs in {:?}", jobs.len(), t0.elapsed());
+        }
+        let get = |i: Option<usize>, d: &str| -> Option<&DirEval> {
+            match i {
+                Some(i) => evals.get(i),
+                None => base.dirs.get(d),
+            }
         };
-        for e in [on_e, off_e] {
-            if let Some(err) = &e.error {
-                for s in list {
-                    let entry = out.get_mut(*s).expect("requested");
-                    if !entry.errors.iter().any(|(x, _)| x == d) {
-                        entry.errors.push((d.to_string(), err.clone()));
+        let mut named: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        // Round 2 jobs: (symbol, directory) evaluated alone.
+        let mut single: BTreeSet<(String, String)> = BTreeSet::new();
+        for (d, on, off) in &slots {
+            let list = &by_dir[d];
+            let (Some(on_e), Some(off_e)) = (get(*on, d), get(*off, d)) else {
+                continue;
+            };
+            for e in [on_e, off_e] {
+                if let Some(err) = &e.error {
+                    for s in list {
+                        let entry = out.get_mut(*s).expect("requested");
+                        if !entry.errors.iter().any(|(x, _)| x == d) {
+                            entry.errors.push((d.to_string(), err.clone()));
+                        }
+                    }
+                }
+            }
+            let off_mods = module_paths(off_e);
+            let base_mods = base.dirs.get(*d).map(module_paths);
+            for m in on_e
+                .modules
+                .iter()
+                .filter(|m| !off_mods.contains(m.path.as_str()))
+            {
+                let owners: Vec<&str> = list
+                    .iter()
+                    .filter(|s| {
+                        named
+                            .entry(s)
+                            .or_insert_with(|| index.modules(s))
+                            .contains(&m.path)
+                    })
+                    .copied()
+                    .collect();
+                if owners.is_empty() {
+                    if trace {
+                        eprintln!("ownerless module {} in {d}", m.path);
+                    }
+                    let stem = m.path.rsplit('/').next().unwrap_or(&m.path);
+                    for s in on_lines(ev, d, list, stem.trim_end_matches(".ko")) {
+                        single.insert((s.to_string(), d.to_string()));
+                    }
+                }
+                for s in owners {
+                    // A symbol that is =m in the configuration builds only what the configuration
+                    // builds in this directory.
+                    let base_m = ev.config.get(s).map(String::as_str) == Some("m");
+                    if base_m
+                        && let Some(b) = &base_mods
+                        && !b.contains(m.path.as_str())
+                    {
+                        continue;
+                    }
+                    out.get_mut(s).expect("requested").push(m);
+                }
+            }
+            let off_subs = subdirs(off_e);
+            for sub in subdirs(on_e).into_iter().filter(|s| !off_subs.contains(s)) {
+                let gate: Vec<String> = index
+                    .gates(sub)
+                    .last()
+                    .filter(|g| g.dir == *sub)
+                    .map(|g| g.symbols.clone())
+                    .unwrap_or_default();
+                let via: Vec<&&str> = list
+                    .iter()
+                    .filter(|s| gate.iter().any(|g| g == **s))
+                    .collect();
+                if via.is_empty() {
+                    if trace {
+                        eprintln!("subdirectory {sub} of {d} entered without a gate line");
+                    }
+                    let name = sub.rsplit('/').next().unwrap_or(sub);
+                    for s in on_lines(ev, d, list, &format!("{name}/")) {
+                        single.insert((s.to_string(), d.to_string()));
+                    }
+                } else {
+                    for s in via {
+                        single.insert((s.to_string(), d.to_string()));
                     }
                 }
             }
         }
-        let off_mods = module_paths(off_e);
-        let base_mods = base.dirs.get(*d).map(module_paths);
-        for m in on_e
-            .modules
-            .iter()
-            .filter(|m| !off_mods.contains(m.path.as_str()))
-        {
-            let owners: Vec<&str> = list
-                .iter()
-                .filter(|s| {
-                    named
-                        .entry(s)
-                        .or_insert_with(|| index.modules(s))
-                        .contains(&m.path)
-                })
-                .copied()
-                .collect();
-            if owners.is_empty() {
-                if trace {
-                    eprintln!("ownerless module {} in {d}", m.path);
-                }
-                let stem = m.path.rsplit('/').next().unwrap_or(&m.path);
-                for s in on_lines(ev, d, list, stem.trim_end_matches(".ko")) {
-                    single.insert((s.to_string(), d.to_string()));
-                }
+        if trace {
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            for (_, d) in &single {
+                *per.entry(d.as_str()).or_default() += 1;
             }
-            for s in owners {
-                // A symbol that is =m in the configuration builds only what the configuration
-                // builds in this directory.
-                let base_m = ev.config.get(s).map(String::as_str) == Some("m");
-                if base_m
-                    && let Some(b) = &base_mods
-                    && !b.contains(m.path.as_str())
-                {
-                    continue;
-                }
+            let mut v: Vec<_> = per.into_iter().collect();
+            v.sort_by_key(|x| std::cmp::Reverse(x.1));
+            eprintln!("single jobs by directory: {:?}", &v[..v.len().min(15)]);
+        }
+        single
+    }
+
+    /// Round 2: one symbol set to m and unset, everything else as configured. Returns the
+    /// subdirectories each symbol makes Kbuild enter (symbol, subdirectory, its directory).
+    fn one_at_a_time(
+        &self,
+        single: &BTreeSet<(String, String)>,
+        out: &mut BTreeMap<String, SymbolModules>,
+    ) -> Vec<(String, String)> {
+        let (ev, base, trace) = (self.ev, self.base, self.trace);
+        let mut jobs2: Vec<Job> = Vec::new();
+        let mut want2: Vec<(String, String, Option<usize>, Option<usize>)> = Vec::new();
+        for (s, d) in single {
+            let reached = base.dirs.contains_key(d);
+            let mut slot = |v: Option<&str>| {
+                (!(reached && ev.config.get(s).map(String::as_str) == v)).then(|| {
+                    jobs2.push(Job {
+                        dir: d.clone(),
+                        flips: vec![(s.clone(), v.map(str::to_string))],
+                    });
+                    jobs2.len() - 1
+                })
+            };
+            let on = slot(Some("m"));
+            let off = slot(None);
+            want2.push((s.clone(), d.clone(), on, off));
+        }
+        let t0 = std::time::Instant::now();
+        let evals2 = ev.eval(&jobs2);
+        if trace {
+            eprintln!("eval round 2: {} jobs in {:?}", jobs2.len(), t0.elapsed());
+        }
+        let get2 = |i: Option<usize>, d: &str| -> Option<&DirEval> {
+            match i {
+                Some(i) => evals2.get(i),
+                None => base.dirs.get(d),
+            }
+        };
+        let mut entered = Vec::new();
+        for (s, d, on, off) in &want2 {
+            let (Some(one), Some(off_e)) = (get2(*on, d), get2(*off, d)) else {
+                continue;
+            };
+            let off_mods = module_paths(off_e);
+            for m in one
+                .modules
+                .iter()
+                .filter(|m| !off_mods.contains(m.path.as_str()))
+            {
                 out.get_mut(s).expect("requested").push(m);
             }
-        }
-        let off_subs = subdirs(off_e);
-        for sub in subdirs(on_e).into_iter().filter(|s| !off_subs.contains(s)) {
-            let gate: Vec<String> = index
-                .gates(sub)
-                .last()
-                .filter(|g| g.dir == *sub)
-                .map(|g| g.symbols.clone())
-                .unwrap_or_default();
-            let via: Vec<&&str> = list
-                .iter()
-                .filter(|s| gate.iter().any(|g| g == **s))
-                .collect();
-            if via.is_empty() {
-                if trace {
-                    eprintln!("subdirectory {sub} of {d} entered without a gate line");
-                }
-                let name = sub.rsplit('/').next().unwrap_or(sub);
-                for s in on_lines(ev, d, list, &format!("{name}/")) {
-                    single.insert((s.to_string(), d.to_string()));
-                }
-            } else {
-                for s in via {
-                    single.insert((s.to_string(), d.to_string()));
+            let off_subs = subdirs(off_e);
+            for sub in subdirs(one) {
+                if !off_subs.contains(sub) {
+                    entered.push((s.clone(), sub.clone()));
                 }
             }
         }
+        entered
     }
-    if trace {
-        let mut per: BTreeMap<&str, usize> = BTreeMap::new();
-        for (_, d) in &single {
-            *per.entry(d.as_str()).or_default() += 1;
-        }
-        let mut v: Vec<_> = per.into_iter().collect();
-        v.sort_by_key(|x| std::cmp::Reverse(x.1));
-        eprintln!("single jobs by directory: {:?}", &v[..v.len().min(15)]);
-    }
-    // Round 2: one symbol set to m and unset, everything else as configured.
-    let mut jobs2: Vec<Job> = Vec::new();
-    let mut want2: Vec<(String, String, Option<usize>, Option<usize>)> = Vec::new();
-    for (s, d) in &single {
-        let reached = base.dirs.contains_key(d);
-        let mut slot = |v: Option<&str>| {
-            (!(reached && ev.config.get(s).map(String::as_str) == v)).then(|| {
-                jobs2.push(Job {
-                    dir: d.clone(),
-                    flips: vec![(s.clone(), v.map(str::to_string))],
-                });
-                jobs2.len() - 1
-            })
-        };
-        let on = slot(Some("m"));
-        let off = slot(None);
-        want2.push((s.clone(), d.clone(), on, off));
-    }
-    let t0 = std::time::Instant::now();
-    let evals2 = ev.eval(&jobs2);
-    if trace {
-        eprintln!("eval round 2: {} jobs in {:?}", jobs2.len(), t0.elapsed());
-    }
-    let get2 = |i: Option<usize>, d: &str| -> Option<&DirEval> {
-        match i {
-            Some(i) => evals2.get(i),
-            None => base.dirs.get(d),
-        }
-    };
-    // Round 3: subdirectories a symbol makes Kbuild enter, with their own symbols off.
-    let mut jobs3: Vec<Job> = Vec::new();
-    let mut want3: Vec<(String, usize)> = Vec::new();
-    for (s, d, on, off) in &want2 {
-        let (Some(one), Some(off_e)) = (get2(*on, d), get2(*off, d)) else {
-            continue;
-        };
-        let off_mods = module_paths(off_e);
-        for m in one
-            .modules
-            .iter()
-            .filter(|m| !off_mods.contains(m.path.as_str()))
-        {
-            out.get_mut(s).expect("requested").push(m);
-        }
-        let off_subs = subdirs(off_e);
-        for sub in subdirs(one) {
-            if off_subs.contains(sub) || by_dir.contains_key(sub.as_str()) {
+
+    /// Round 3: subdirectories a symbol makes Kbuild enter, with their own symbols off: what
+    /// they build then is the symbol's.
+    fn entered_subdirectories(
+        &self,
+        entered: &[(String, String)],
+        by_dir: &BTreeMap<&str, Vec<&str>>,
+        out: &mut BTreeMap<String, SymbolModules>,
+    ) {
+        let (index, ev, trace) = (self.index, self.ev, self.trace);
+        let mut jobs3: Vec<Job> = Vec::new();
+        let mut want3: Vec<(String, usize)> = Vec::new();
+        for (s, sub) in entered {
+            if by_dir.contains_key(sub.as_str()) {
                 continue;
             }
-            let mut flips: Vec<(String, Option<String>)> = own_tristates(sub)
+            let mut flips: Vec<(String, Option<String>)> = index
+                .mentioned_in(sub)
                 .into_iter()
-                .filter(|x| x != s)
-                .map(|x| (x, None))
+                .filter(|x| self.tristate(x) && *x != s)
+                .map(|x| (x.clone(), None))
                 .collect();
             flips.push((s.clone(), Some("m".into())));
             jobs3.push(Job {
@@ -258,26 +319,21 @@ pub fn modules_of(
             });
             want3.push((s.clone(), jobs3.len() - 1));
         }
-    }
-    let evals3 = ev.eval(&jobs3);
-    if trace {
-        eprintln!("eval round 3: {} jobs", jobs3.len());
-    }
-    for (s, i) in want3 {
-        let e = &evals3[i];
-        let entry = out.get_mut(&s).expect("requested");
-        if let Some(err) = &e.error {
-            entry.errors.push((e.dir.clone(), err.clone()));
+        let evals3 = ev.eval(&jobs3);
+        if trace {
+            eprintln!("eval round 3: {} jobs", jobs3.len());
         }
-        for m in &e.modules {
-            entry.push(m);
+        for (s, i) in want3 {
+            let e = &evals3[i];
+            let entry = out.get_mut(&s).expect("requested");
+            if let Some(err) = &e.error {
+                entry.errors.push((e.dir.clone(), err.clone()));
+            }
+            for m in &e.modules {
+                entry.push(m);
+            }
         }
     }
-    for v in out.values_mut() {
-        v.modules.sort_by(|a, b| a.path.cmp(&b.path));
-        v.modules.dedup_by(|a, b| a.path == b.path);
-    }
-    out
 }
 
 /// The symbols of `list` that share a Makefile line of `dir` with `word` (a module's name, a
