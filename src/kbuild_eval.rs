@@ -426,41 +426,7 @@ impl Evaluator {
         }
         // One directory per make process, on all cores.
         if !retry.is_empty() {
-            let root_head = root_head.as_str();
-            let chunk = retry.len().div_ceil(workers).max(1);
-            let done: Vec<(usize, DirEval)> = std::thread::scope(|scope| {
-                let handles: Vec<_> = retry
-                    .chunks(chunk)
-                    .map(|ids| {
-                        scope.spawn(move || {
-                            ids.iter()
-                                .map(|i| {
-                                    let head = if jobs[*i].dir == "." {
-                                        root_head
-                                    } else {
-                                        PROLOGUE
-                                    };
-                                    let (mut out, err) =
-                                        self.run_batch(sp, head, std::slice::from_ref(&jobs[*i]));
-                                    let mut e = out.remove(&0).unwrap_or_else(|| DirEval {
-                                        dir: jobs[*i].dir.clone(),
-                                        ..DirEval::default()
-                                    });
-                                    if err.is_some() {
-                                        e.error = err;
-                                    }
-                                    (*i, e)
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .flat_map(|h| h.join().expect("evaluation thread"))
-                    .collect()
-            });
-            for (i, e) in done {
+            for (i, e) in self.one_by_one(&scratch_path, jobs, &retry, workers) {
                 results[i] = Some(e);
             }
         }
@@ -475,6 +441,52 @@ impl Evaluator {
                 })
             })
             .collect()
+    }
+
+    /// Evaluate `ids` one directory per make process (after a batch failed), on `workers`
+    /// threads.
+    fn one_by_one(
+        &self,
+        sp: &Utf8Path,
+        jobs: &[Job],
+        retry: &[usize],
+        workers: usize,
+    ) -> Vec<(usize, DirEval)> {
+        let root_head = Self::root_head();
+        let root_head = root_head.as_str();
+        let chunk = retry.len().div_ceil(workers).max(1);
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = retry
+                .chunks(chunk)
+                .map(|ids| {
+                    scope.spawn(move || {
+                        ids.iter()
+                            .map(|i| {
+                                let head = if jobs[*i].dir == "." {
+                                    root_head
+                                } else {
+                                    PROLOGUE
+                                };
+                                let (mut out, err) =
+                                    self.run_batch(sp, head, std::slice::from_ref(&jobs[*i]));
+                                let mut e = out.remove(&0).unwrap_or_else(|| DirEval {
+                                    dir: jobs[*i].dir.clone(),
+                                    ..DirEval::default()
+                                });
+                                if err.is_some() {
+                                    e.error = err;
+                                }
+                                (*i, e)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("evaluation thread"))
+                .collect()
+        })
     }
 
     /// Descend from the top directory as Kbuild does, one level per round.
