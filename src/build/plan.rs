@@ -498,7 +498,7 @@ fn units(modules: &BTreeSet<String>, km: &crate::modmap::Kmap) -> (Vec<Unit>, BT
         );
         for o in objects {
             let o = o.split(' ').next().unwrap_or(&o);
-            if let Some(d) = normalize(module_dir(o).as_str()) {
+            if let Some(d) = crate::kbuild_eval::normalize_within(module_dir(o).as_str()) {
                 write_dirs.insert(d);
             }
         }
@@ -520,21 +520,6 @@ pub(super) fn unit_rank(dir: &str) -> u8 {
     } else {
         2
     }
-}
-
-/// `a/b/../c` → `a/c`; `None` when it climbs above the top.
-pub(super) fn normalize(path: &str) -> Option<String> {
-    let mut out: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                out.pop()?;
-            }
-            c => out.push(c),
-        }
-    }
-    Some(out.join("/"))
 }
 
 #[cfg(test)]
