@@ -155,7 +155,7 @@ pub fn remove_stale(tree: &Utf8Path, dirs: &BTreeSet<String>, changed: &[String]
                     tree.join(&d)
                 };
                 real.entry(full.to_string())
-                    .or_insert_with(|| kbuild_install::tree::canonical(&full).ok())
+                    .or_insert_with(|| kbuild_install::paths::canonical(&full).ok())
                     .as_ref()
                     .is_some_and(|r| changed.contains(r.as_str()))
             });
@@ -176,7 +176,7 @@ mod tests {
 
     fn tmp() -> (tempfile::TempDir, Utf8PathBuf) {
         let d = tempfile::tempdir().unwrap();
-        let p = kbuild_install::tree::canonical(Utf8Path::from_path(d.path()).unwrap()).unwrap();
+        let p = kbuild_install::paths::canonical(Utf8Path::from_path(d.path()).unwrap()).unwrap();
         (d, p)
     }
 

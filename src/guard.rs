@@ -70,7 +70,7 @@ pub fn protected(
             (&m.made_from.objtree, "object"),
             (&m.made_from.srctree, "source"),
         ] {
-            if let Ok(p) = kbuild_install::tree::canonical(p) {
+            if let Ok(p) = kbuild_install::paths::canonical(p) {
                 out.push((p, which));
             }
         }
@@ -80,25 +80,9 @@ pub fn protected(
 
 /// `dir` (resolved) must be neither inside nor around any protected tree.
 pub fn check_outside(dir: &Utf8Path, trees: &[(Utf8PathBuf, &'static str)]) -> Result<(), Error> {
-    for (tree, which) in trees {
-        if dir.starts_with(tree) {
-            return Err(KError::DestInsideTree {
-                dest: dir.to_owned(),
-                which,
-                tree: tree.clone(),
-            }
-            .into());
-        }
-        if tree.starts_with(dir) {
-            return Err(KError::TreeInsideDest {
-                dest: dir.to_owned(),
-                which,
-                tree: tree.clone(),
-            }
-            .into());
-        }
-    }
-    Ok(())
+    let trees: Vec<(&'static str, &Utf8Path)> =
+        trees.iter().map(|(p, w)| (*w, p.as_path())).collect();
+    Ok(kbuild_install::paths::check_outside(dir, &trees)?)
 }
 
 /// D and OUT are different directories, neither inside the other (cleaning one would remove

@@ -4,7 +4,8 @@
 
 use crate::error::Error;
 use camino::{Utf8Path, Utf8PathBuf};
-use kbuild_install::tree::{canonical, config_value};
+use kbuild_install::paths::canonical;
+use kbuild_install::tree::config_value;
 use kbuild_install::{Error as KError, Manifest};
 use sha2::{Digest, Sha256};
 
@@ -34,7 +35,7 @@ pub struct KbuildTree {
     /// `include/config/auto.conf`.
     pub auto_conf: String,
     /// Its values by symbol (without `CONFIG_`).
-    values: std::collections::HashMap<String, String>,
+    values: kbuild_install::config::Config,
     /// Relative `.o` paths of the modules the base build made, when the tree records them.
     pub modules_order: Option<Vec<String>>,
     /// Directories whose entries make up the tree, highest priority first (one for most kinds;
@@ -119,11 +120,7 @@ impl KbuildTree {
         h.update(auto_conf.as_bytes());
         h.update(&symvers);
         h.update(make_vars.join(" ").as_bytes());
-        let values = auto_conf
-            .lines()
-            .filter_map(|l| l.strip_prefix("CONFIG_")?.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let values = kbuild_install::config::parse(&auto_conf);
         let srcarch = match &manifest {
             Some(m) => m.srcarch.clone(),
             None => make_vars

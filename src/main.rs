@@ -172,8 +172,8 @@ fn variant_cmd(args: &VariantArgs) -> Result<u8, Error> {
         None => None,
     };
     // --out is written: never inside K, S or the trees K was made from.
-    kbuild_install::tree::check_path(&kbuild_install::install::absolute(&args.out)?)?;
-    let out = kbuild_install::tree::resolve(&args.out)?;
+    kbuild_install::paths::check_path(&kbuild_install::paths::absolute(&args.out)?)?;
+    let out = kbuild_install::paths::resolve(&args.out)?;
     guard::check_outside(
         &out,
         &guard::protected(&k, src.as_ref().map(|s| s.path.as_path())),

@@ -140,7 +140,7 @@ proptest! {
     /// Paths: an accepted path has nothing the shell or make would interpret.
     #[test]
     fn paths(p in "/[ -~\\n\\t]{0,30}") {
-        if kbuild_install::tree::check_path(camino::Utf8Path::new(&p)).is_ok() {
+        if kbuild_install::paths::check_path(camino::Utf8Path::new(&p)).is_ok() {
             prop_assert!(p.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,=@".contains(c)),
                 "{:?} accepted", p);
         }

@@ -10,6 +10,7 @@
 
 use crate::error::{Error, Result};
 use crate::manifest::{FileCounts, MANIFEST, MadeFrom, Manifest, sha256_file};
+use crate::paths::absolute;
 use crate::process::check_interrupted;
 use crate::tree::{ObjTree, SourceTree, config_value, cross_compile_of, read};
 use crate::{elf, selftest};
@@ -66,7 +67,7 @@ enum Origin {
 pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manifest> {
     // Every path reaches make and Kbuild's shell recipes: refuse what they would misread.
     for p in [&opts.srctree, &opts.objtree, &opts.dest] {
-        crate::tree::check_path(&absolute(p)?)?;
+        crate::paths::check_path(&absolute(p)?)?;
     }
     let src = SourceTree::open(&opts.srctree)?;
     let obj = ObjTree::open(&opts.objtree)?;
@@ -78,7 +79,7 @@ pub fn install(opts: &Options, on_event: &mut dyn FnMut(Event)) -> Result<Manife
     check_make_vars(&obj, &opts.make_vars)?;
     let dest = absolute(&opts.dest)?;
     let (parent, name) = check_dest(&dest, &src, &obj, opts.force)?;
-    crate::tree::check_path(&parent.join(&name))?;
+    crate::paths::check_path(&parent.join(&name))?;
     // Temporary siblings of a run that was killed.
     for what in ["kbuild-install", "old"] {
         crate::fsutil::clean_stale(&parent, &format!(".{name}.{what}-"));
@@ -171,21 +172,6 @@ fn require_tool(tool: &str, role: &'static str) -> Result<()> {
         })
 }
 
-pub fn absolute(p: &Utf8Path) -> Result<Utf8PathBuf> {
-    if p.is_absolute() {
-        return Ok(p.to_owned());
-    }
-    let cwd = std::env::current_dir().map_err(|e| Error::io("read current directory", ".", e))?;
-    let cwd = Utf8PathBuf::from_path_buf(cwd).map_err(|_| {
-        Error::io(
-            "use",
-            ".",
-            std::io::Error::other("current directory is not UTF-8"),
-        )
-    })?;
-    Ok(cwd.join(p))
-}
-
 /// Validate DEST; returns its canonical parent and its file name.
 fn check_dest(
     dest: &Utf8Path,
@@ -203,24 +189,15 @@ fn check_dest(
     let parent = dest.parent().unwrap_or(Utf8Path::new("/"));
     // Resolved through its nearest existing ancestor, so the containment check runs before
     // anything is created (DEST inside the object tree must not even get its parents made).
-    let parent = crate::tree::resolve(parent)?;
+    let parent = crate::paths::resolve(parent)?;
     let full = parent.join(&name);
-    for (which, tree) in [("source", &src.path), ("object", &obj.path)] {
-        if full.starts_with(tree) {
-            return Err(Error::DestInsideTree {
-                dest: full,
-                which,
-                tree: tree.clone(),
-            });
-        }
-        if tree.starts_with(&full) {
-            return Err(Error::TreeInsideDest {
-                dest: full,
-                which,
-                tree: tree.clone(),
-            });
-        }
-    }
+    crate::paths::check_outside(
+        &full,
+        &[
+            ("source", src.path.as_path()),
+            ("object", obj.path.as_path()),
+        ],
+    )?;
     fs::create_dir_all(&parent).map_err(|e| Error::DestNotWritable {
         path: parent.clone(),
         source: e,

@@ -16,6 +16,7 @@ pub mod install;
 pub mod kconfig;
 pub mod lock;
 pub mod manifest;
+pub mod paths;
 pub mod process;
 pub mod sandbox;
 pub mod selftest;

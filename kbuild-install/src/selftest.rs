@@ -68,7 +68,7 @@ pub fn verify(tree: &Utf8Path, manifest: &Manifest) -> Result<String> {
     // The module directory is passed to make as M=: a TMPDIR Kbuild cannot take is not used.
     let base = Utf8PathBuf::from_path_buf(std::env::temp_dir())
         .ok()
-        .filter(|t| crate::tree::check_path(t).is_ok())
+        .filter(|t| crate::paths::check_path(t).is_ok())
         .unwrap_or_else(|| Utf8PathBuf::from("/tmp"));
     // Left by a self-test whose run was killed.
     crate::fsutil::clean_stale(&base, "kbuild-install-selftest-");

@@ -2,6 +2,7 @@
 //! leaves there (`include/config/auto.conf.cmd`, `kernel.release`, `.config`).
 
 use crate::error::{Error, Result};
+use crate::paths::canonical;
 use camino::{Utf8Path, Utf8PathBuf};
 use regex::Regex;
 use std::collections::BTreeMap;
@@ -9,67 +10,6 @@ use std::sync::LazyLock;
 
 pub(crate) fn read(path: &Utf8Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))
-}
-
-/// Make a path absolute and resolve symlinks, keeping it UTF-8.
-pub fn canonical(path: &Utf8Path) -> Result<Utf8PathBuf> {
-    let p = std::fs::canonicalize(path).map_err(|e| Error::io("resolve", path, e))?;
-    Utf8PathBuf::from_path_buf(p).map_err(|p| {
-        Error::io(
-            "use non-UTF-8 path",
-            Utf8PathBuf::from(p.to_string_lossy().into_owned()),
-            std::io::Error::other("paths must be UTF-8"),
-        )
-    })
-}
-
-/// An absolute path with symlinks resolved, for a path that may not exist yet: its nearest
-/// existing ancestor is canonicalized and the rest appended.
-pub fn resolve(path: &Utf8Path) -> Result<Utf8PathBuf> {
-    let path = crate::install::absolute(path)?;
-    let mut existing = path.clone();
-    let mut rest = Vec::new();
-    while existing.symlink_metadata().is_err() {
-        match (existing.file_name(), existing.parent()) {
-            (Some(n), Some(p)) => {
-                rest.push(n.to_string());
-                existing = p.to_owned();
-            }
-            _ => break,
-        }
-    }
-    let mut resolved = canonical(&existing)?;
-    for n in rest.iter().rev() {
-        resolved.push(n);
-    }
-    Ok(resolved)
-}
-
-/// Reject paths that Kbuild or the shell cannot take safely: make splits variables on
-/// whitespace, treats `:` and `%` as rule syntax and `#` as a comment, and Kbuild's recipes pass
-/// paths to the shell, where `$`, quotes and backslashes would be interpreted.
-pub fn check_path(path: &Utf8Path) -> Result<()> {
-    let s = path.as_str();
-    let what = if s.contains(char::is_whitespace) {
-        "whitespace"
-    } else if s.contains(':') {
-        "`:`"
-    } else if s.contains('%') {
-        "`%`"
-    } else if s.contains([
-        '#', '$', '\'', '"', '\\', '`', ';', '&', '|', '<', '>', '(', ')', '*', '?', '[', ']', '{',
-        '}', '~', '!', '^',
-    ]) {
-        "shell or make metacharacters"
-    } else if s.chars().any(char::is_control) {
-        "control characters"
-    } else {
-        return Ok(());
-    };
-    Err(Error::BadPath {
-        path: path.to_owned(),
-        what: what.into(),
-    })
 }
 
 /// Check that `.config` and `include/config/auto.conf` agree: every line of auto.conf is
@@ -428,9 +368,9 @@ mod tests {
             "/a;b",
             "/a\nb",
         ] {
-            assert!(check_path(bad.into()).is_err(), "{bad}");
+            assert!(crate::paths::check_path(bad.into()).is_err(), "{bad}");
         }
-        assert!(check_path("/tmp/x-y_z.1/+,=@".into()).is_ok());
+        assert!(crate::paths::check_path("/tmp/x-y_z.1/+,=@".into()).is_ok());
     }
 
     #[test]

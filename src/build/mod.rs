@@ -94,8 +94,8 @@ fn context(
     opts: &BuildOptions,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<(Ctx, Option<Utf8PathBuf>), Error> {
-    let objdir = kbuild_install::install::absolute(&opts.objdir)?;
-    let dest = kbuild_install::install::absolute(&opts.dest)?;
+    let objdir = kbuild_install::paths::absolute(&opts.objdir)?;
+    let dest = kbuild_install::paths::absolute(&opts.dest)?;
     for p in [&opts.kbuild, &opts.srctree, &objdir, &dest] {
         crate::error::check_kbuild_path(p)?;
     }
@@ -112,8 +112,8 @@ fn context(
     }
     // D and OUT are written and cleaned: never inside S, K or the trees K was made from, never
     // holding them, and apart from each other.
-    let objdir = kbuild_install::tree::resolve(&objdir)?;
-    let dest = kbuild_install::tree::resolve(&dest)?;
+    let objdir = kbuild_install::paths::resolve(&objdir)?;
+    let dest = kbuild_install::paths::resolve(&dest)?;
     let protected = crate::guard::protected(&k, Some(src.path.as_path()));
     for p in [&objdir, &dest] {
         crate::guard::check_outside(p, &protected)?;

@@ -174,7 +174,7 @@ pub(super) fn output_dir(
     dest: &Utf8Path,
 ) -> Result<Utf8PathBuf, Error> {
     crate::error::check_kbuild_path(p)?;
-    let p = kbuild_install::tree::resolve(&kbuild_install::install::absolute(p)?)?;
+    let p = kbuild_install::paths::resolve(&kbuild_install::paths::absolute(p)?)?;
     crate::guard::check_outside(&p, protected)?;
     crate::guard::check_apart(objdir, &p)?;
     crate::guard::check_apart(dest, &p)?;
@@ -225,7 +225,7 @@ pub(super) fn inputs(
             };
             // Recorded by real path: the next run's check then stats each header once for all
             // packages, without walking the overlay's symlinks.
-            let real = kbuild_install::tree::canonical(&full).ok()?;
+            let real = kbuild_install::paths::canonical(&full).ok()?;
             // Files the build itself wrote (`dummy.mod.c`, ...) are outputs, not inputs.
             (!real.starts_with(tree) && !real.starts_with(out)).then_some(real)
         })
