@@ -141,14 +141,6 @@ pub(crate) fn parse_openwrt_table(text: &str) -> Result<Vec<AuditPackage>, Strin
     Ok(out)
 }
 
-fn modname(path: &str) -> String {
-    path.rsplit('/')
-        .next()
-        .unwrap_or(path)
-        .trim_end_matches(".ko")
-        .replace('-', "_")
-}
-
 /// Module dependencies by module name, from a `modules.dep` (depmod's) or the `.ko` files of a
 /// directory (their modinfo `depends=`).
 pub fn module_deps(dir: &Utf8Path) -> BTreeMap<String, Vec<String>> {
@@ -159,7 +151,7 @@ pub fn module_deps(dir: &Utf8Path) -> BTreeMap<String, Vec<String>> {
                 let deps = deps
                     .split_whitespace()
                     .map(|d| {
-                        modname(
+                        crate::kbuild::module_name(
                             d.trim_end_matches(".xz")
                                 .trim_end_matches(".zst")
                                 .trim_end_matches(".gz"),
@@ -167,7 +159,7 @@ pub fn module_deps(dir: &Utf8Path) -> BTreeMap<String, Vec<String>> {
                     })
                     .collect();
                 out.insert(
-                    modname(
+                    crate::kbuild::module_name(
                         m.trim_end_matches(".xz")
                             .trim_end_matches(".zst")
                             .trim_end_matches(".gz"),
@@ -187,7 +179,7 @@ pub fn module_deps(dir: &Utf8Path) -> BTreeMap<String, Vec<String>> {
             && let Ok(Some(deps)) = kbuild_install::elf::modinfo_value(Utf8Path::new(p), "depends")
         {
             out.insert(
-                modname(p),
+                crate::kbuild::module_name(p),
                 deps.split(',')
                     .filter(|d| !d.is_empty())
                     .map(str::to_string)
@@ -305,10 +297,12 @@ fn package_findings<'p>(
                 ),
             });
         }
-        let file_names: BTreeSet<String> =
-            owns[p.name.as_str()].iter().map(|f| modname(f)).collect();
+        let file_names: BTreeSet<String> = owns[p.name.as_str()]
+            .iter()
+            .map(|f| crate::kbuild::module_name(f))
+            .collect();
         for a in &p.autoload {
-            if !file_names.contains(&a.replace('-', "_")) {
+            if !file_names.contains(&crate::kbuild::module_name(a)) {
                 findings.push(Finding {
                     level: Level::Warning,
                     kind: Kind::AutoloadNotInFiles,
@@ -417,7 +411,7 @@ fn missing_dependencies(
     let mut owner: BTreeMap<String, &str> = BTreeMap::new();
     for (p, mods) in owns {
         for m in mods {
-            owner.entry(modname(m)).or_insert(p);
+            owner.entry(crate::kbuild::module_name(m)).or_insert(p);
         }
     }
     let closure = |start: &str| {
@@ -435,7 +429,12 @@ fn missing_dependencies(
     for p in packages {
         let reach = closure(&p.name);
         for m in &owns[p.name.as_str()] {
-            for d in inp.deps.get(&modname(m)).into_iter().flatten() {
+            for d in inp
+                .deps
+                .get(&crate::kbuild::module_name(m))
+                .into_iter()
+                .flatten()
+            {
                 match owner.get(d) {
                     Some(o) if reach.contains(*o) => {}
                     Some(o) => findings.push(Finding {

@@ -234,6 +234,16 @@ fn uts_release(text: &str) -> Option<String> {
     Some(rest.split('"').next()?.to_string()).filter(|r| !r.is_empty())
 }
 
+/// The name the kernel knows a module by (`modprobe`, `lsmod`, modinfo `depends`): its file
+/// name without `.ko`, `-` as `_` (`drivers/net/wireless/foo-bar.ko` → `foo_bar`).
+pub fn module_name(path: &str) -> String {
+    path.rsplit('/')
+        .next()
+        .unwrap_or(path)
+        .trim_end_matches(".ko")
+        .replace('-', "_")
+}
+
 /// The oldest and newest kernel series the test suite builds and loads modules for.
 pub const TESTED: (&str, &str) = ("6.1", "7.3");
 

@@ -236,18 +236,11 @@ fn which_cmd(args: &WhichArgs) -> Result<u8, Error> {
         let wanted: Vec<String> = if m.ends_with(".ko") {
             vec![m.clone()]
         } else {
-            let name = m.replace('-', "_");
+            let name = kbuild::module_name(m);
             let mut all = std::collections::BTreeSet::new();
             for s in kmap.syms.values() {
                 for p in &s.modules {
-                    let base = p
-                        .path
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or(&p.path)
-                        .trim_end_matches(".ko")
-                        .replace('-', "_");
-                    if base == name {
+                    if kbuild::module_name(&p.path) == name {
                         all.insert(p.path.clone());
                     }
                 }

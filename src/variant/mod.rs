@@ -170,7 +170,9 @@ fn base_recomputed(inp: &Inputs, m: &Manifest) -> Result<BTreeMap<String, String
         let t = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8");
         // The base .config is complete (no new symbols): syncconfig alone recomputes it.
         kconfig(inp.k, m, &config, &t, &["syncconfig"])?;
-        let _ = std::fs::rename(tmp.keep(), &dir);
+        // Another run may have made it meanwhile: the same inputs, the same result.
+        let name = dir.file_name().unwrap_or("base").to_string();
+        let _ = kbuild_install::fsutil::replace_dir(tmp, &dir, inp.cache, &name);
     }
     Ok(parse_config(
         &std::fs::read_to_string(&auto).map_err(io("read", &auto))?,
@@ -385,10 +387,8 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
         serde_json::to_string_pretty(&v).expect("serializes"),
     )
     .map_err(io("write", &report))?;
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    std::fs::rename(tmp.keep(), &dir).map_err(io("rename into place", &dir))?;
+    let name = dir.file_name().unwrap_or("variant").to_string();
+    kbuild_install::fsutil::replace_dir(tmp, &dir, inp.cache, &name)?;
     Ok(v)
 }
 
