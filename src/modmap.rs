@@ -65,6 +65,21 @@ pub fn modules_of(
     out
 }
 
+/// A round's answers: job `i`'s, or the base walk's for directory `d`.
+struct Evaluated<'a> {
+    evals: Vec<DirEval>,
+    base: &'a TreeEval,
+}
+
+impl Evaluated<'_> {
+    fn get(&self, i: Option<usize>, d: &str) -> Option<&DirEval> {
+        match i {
+            Some(i) => self.evals.get(i),
+            None => self.base.dirs.get(d),
+        }
+    }
+}
+
 /// What the rounds of evaluation share.
 struct Rounds<'a> {
     index: &'a Index,
@@ -109,6 +124,23 @@ impl Rounds<'_> {
         (on, off)
     }
 
+    /// One round of evaluation; its answers, with the base walk's where no job was needed.
+    fn evaluate(&self, round: u8, jobs: &[Job]) -> Evaluated<'_> {
+        let t0 = std::time::Instant::now();
+        let evals = self.ev.eval(jobs);
+        if self.trace {
+            eprintln!(
+                "eval round {round}: {} jobs in {:?}",
+                jobs.len(),
+                t0.elapsed()
+            );
+        }
+        Evaluated {
+            evals,
+            base: self.base,
+        }
+    }
+
     /// Round 1: in each directory, every requested symbol it mentions on, then off. Modules
     /// that appear go to the symbols whose Makefile lines name them; returns the (symbol,
     /// directory) pairs that need asking one symbol at a time (a module no line names, a
@@ -125,23 +157,13 @@ impl Rounds<'_> {
             let (on, off) = self.flips(d, list, &mut jobs);
             slots.push((d, on, off));
         }
-        let t0 = std::time::Instant::now();
-        let evals = ev.eval(&jobs);
-        if trace {
-            eprintln!("eval round 1: {} jobs in {:?}", jobs.len(), t0.elapsed());
-        }
-        let get = |i: Option<usize>, d: &str| -> Option<&DirEval> {
-            match i {
-                Some(i) => evals.get(i),
-                None => base.dirs.get(d),
-            }
-        };
+        let evals = self.evaluate(1, &jobs);
         let mut named: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         // Round 2 jobs: (symbol, directory) evaluated alone.
         let mut single: BTreeSet<(String, String)> = BTreeSet::new();
         for (d, on, off) in &slots {
             let list = &by_dir[d];
-            let (Some(on_e), Some(off_e)) = (get(*on, d), get(*off, d)) else {
+            let (Some(on_e), Some(off_e)) = (evals.get(*on, d), evals.get(*off, d)) else {
                 continue;
             };
             for e in [on_e, off_e] {
@@ -239,38 +261,16 @@ impl Rounds<'_> {
         single: &BTreeSet<(String, String)>,
         out: &mut BTreeMap<String, SymbolModules>,
     ) -> Vec<(String, String)> {
-        let (ev, base, trace) = (self.ev, self.base, self.trace);
         let mut jobs2: Vec<Job> = Vec::new();
         let mut want2: Vec<(String, String, Option<usize>, Option<usize>)> = Vec::new();
         for (s, d) in single {
-            let reached = base.dirs.contains_key(d);
-            let mut slot = |v: Option<&str>| {
-                (!(reached && ev.config.get(s).map(String::as_str) == v)).then(|| {
-                    jobs2.push(Job {
-                        dir: d.clone(),
-                        flips: vec![(s.clone(), v.map(str::to_string))],
-                    });
-                    jobs2.len() - 1
-                })
-            };
-            let on = slot(Some("m"));
-            let off = slot(None);
+            let (on, off) = self.flips(d, &[s.as_str()], &mut jobs2);
             want2.push((s.clone(), d.clone(), on, off));
         }
-        let t0 = std::time::Instant::now();
-        let evals2 = ev.eval(&jobs2);
-        if trace {
-            eprintln!("eval round 2: {} jobs in {:?}", jobs2.len(), t0.elapsed());
-        }
-        let get2 = |i: Option<usize>, d: &str| -> Option<&DirEval> {
-            match i {
-                Some(i) => evals2.get(i),
-                None => base.dirs.get(d),
-            }
-        };
+        let evals2 = self.evaluate(2, &jobs2);
         let mut entered = Vec::new();
         for (s, d, on, off) in &want2 {
-            let (Some(one), Some(off_e)) = (get2(*on, d), get2(*off, d)) else {
+            let (Some(one), Some(off_e)) = (evals2.get(*on, d), evals2.get(*off, d)) else {
                 continue;
             };
             let off_mods = module_paths(off_e);
