@@ -4,53 +4,6 @@
 
 use crate::error::Error;
 use camino::{Utf8Path, Utf8PathBuf};
-use kbuild_install::{Error as KError, Manifest};
-
-/// The manifest of a tree made by `extmod kbuild-install`, checked against the tree: a manifest
-/// that does not parse, or a `.config` whose hash differs from the recorded one (edited or
-/// truncated after the tree was made), is an error rather than a silently different tree.
-/// Trees without a manifest get `Ok(None)`; their `.config` (when present) must still agree with
-/// auto.conf.
-pub fn manifest_of(tree: &Utf8Path, auto_conf: &str) -> Result<Option<Manifest>, Error> {
-    let path = tree.join(kbuild_install::manifest::MANIFEST);
-    let dot_config = tree.join(".config");
-    let manifest = if path.symlink_metadata().is_ok() {
-        let m = Manifest::load(tree).map_err(|e| KError::BadManifest {
-            path: path.clone(),
-            why: match e {
-                KError::Io { source, .. } => source.to_string(),
-                other => other.to_string(),
-            },
-        })?;
-        let actual = kbuild_install::manifest::sha256_file(&dot_config).map_err(|_| {
-            KError::BadManifest {
-                path: path.clone(),
-                why: format!("`{dot_config}` is missing"),
-            }
-        })?;
-        if actual != m.config_sha256 {
-            return Err(KError::ConfigMismatch {
-                path: dot_config,
-                against: path,
-                why: "its sha256 differs from the one recorded when the tree was made (edited or truncated)".into(),
-            }
-            .into());
-        }
-        Some(m)
-    } else {
-        None
-    };
-    if let Ok(text) = std::fs::read_to_string(&dot_config) {
-        kbuild_install::tree::check_config_pair(&text, auto_conf).map_err(|why| {
-            KError::ConfigMismatch {
-                path: dot_config.clone(),
-                against: tree.join("include/config/auto.conf"),
-                why,
-            }
-        })?;
-    }
-    Ok(manifest)
-}
 
 /// Trees a build must never write into, with their names for messages: S, K (each of its
 /// layers) and the source and object trees K was made from.

@@ -3,13 +3,12 @@
 
 use super::ctx::Ctx;
 use super::job::{Job, Unit};
-use super::prepare::{prepare_tree, unit_symvers};
+use super::prepare::{MODPOST, prepare_tree, unit_symvers};
 use super::slots::Slots;
 use super::stage::stage;
 use crate::events::{Event, PackageResult, Phases, Status};
 use crate::modinst::InstalledModule;
 use camino::{Utf8Path, Utf8PathBuf};
-use kbuild_install::Error as KError;
 use kbuild_install::process::{self, interrupted};
 use regex::Regex;
 use std::cell::Cell;
@@ -17,9 +16,6 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::sync::LazyLock;
 use std::time::Instant;
-
-/// modpost as the in-tree build runs it (see [`write_modpost`]), in `D/<package>/`.
-pub(super) const MODPOST: &str = "modpost-intree";
 
 pub(super) fn make_args(
     ctx: &Ctx,
@@ -284,25 +280,6 @@ pub(super) fn needs_later_unit(
         })
         .collect();
     needed.iter().all(|s| exported_later.contains(s))
-}
-
-/// Kbuild's `scripts/Makefile.modpost` passes `-e` (external module) to modpost for every `M=`
-/// build; the in-tree build does not, and only then does modpost write `MODULE_INFO(intree,
-/// "Y")` into `<mod>.mod.c`. `MODPOST=` on make's command line replaces the command (it is also a
-/// prerequisite, so it must be one file): this script drops `-e` and runs the tree's modpost.
-/// The base Module.symvers the overlay gives modpost lacks the package's own modules, so they
-/// are not "exported twice". The tree's modpost is found beside the script (make runs in the
-/// output directory since 6.13).
-pub(super) fn write_modpost(pkg_dir: &Utf8Path) -> Result<(), KError> {
-    let path = pkg_dir.join(MODPOST);
-    let script = "#!/bin/sh\n\
-# Written by extmod: modpost as the in-tree build runs it (without -e).\n\
-for a do shift; [ \"$a\" = -e ] || set -- \"$@\" \"$a\"; done\n\
-exec \"${0%/*}/tree/scripts/mod/modpost\" \"$@\"\n";
-    std::fs::write(&path, script).map_err(|e| KError::io("write", &path, e))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| KError::io("chmod", &path, e))
 }
 
 /// Kbuild's short-format progress lines (`  CC [M]  drivers/net/dummy.o`).

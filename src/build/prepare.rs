@@ -2,7 +2,6 @@
 
 use super::ctx::Ctx;
 use super::job::{Job, Unit};
-use super::make::write_modpost;
 use super::stage::STATE;
 use crate::kbuild::Kind;
 use crate::overlay::{self, Layers};
@@ -10,6 +9,9 @@ use camino::Utf8PathBuf;
 use kbuild_install::Error as KError;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// modpost as the in-tree build runs it (see [`write_modpost`]), in `D/<package>/`.
+pub(super) const MODPOST: &str = "modpost-intree";
 
 /// Create (or reuse) the package's overlay; drop outputs that are about to be rebuilt so that
 /// staged hardlinks never see an in-place write.
@@ -123,4 +125,23 @@ pub(super) fn unit_symvers(ctx: &Ctx, name: &str, unit: &Unit) -> Result<Utf8Pat
             .map_err(|e| format!("cannot copy `{written}` to `{path}`: {e}"))?;
     }
     Ok(path)
+}
+
+/// Kbuild's `scripts/Makefile.modpost` passes `-e` (external module) to modpost for every `M=`
+/// build; the in-tree build does not, and only then does modpost write `MODULE_INFO(intree,
+/// "Y")` into `<mod>.mod.c`. `MODPOST=` on make's command line replaces the command (it is also a
+/// prerequisite, so it must be one file): this script drops `-e` and runs the tree's modpost.
+/// The base Module.symvers the overlay gives modpost lacks the package's own modules, so they
+/// are not "exported twice". The tree's modpost is found beside the script (make runs in the
+/// output directory since 6.13).
+fn write_modpost(pkg_dir: &camino::Utf8Path) -> Result<(), KError> {
+    let path = pkg_dir.join(MODPOST);
+    let script = "#!/bin/sh\n\
+# Written by extmod: modpost as the in-tree build runs it (without -e).\n\
+for a do shift; [ \"$a\" = -e ] || set -- \"$@\" \"$a\"; done\n\
+exec \"${0%/*}/tree/scripts/mod/modpost\" \"$@\"\n";
+    std::fs::write(&path, script).map_err(|e| KError::io("write", &path, e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| KError::io("chmod", &path, e))
 }
