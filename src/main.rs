@@ -132,6 +132,11 @@ fn build(args: &BuildArgs) -> u8 {
         },
         install_mod_path: args.install_mod_path.clone(),
         no_wait: args.no_wait,
+        cc_launcher: args
+            .cc_launcher
+            .clone()
+            .or_else(|| std::env::var("EXTMOD_CC_LAUNCHER").ok())
+            .filter(|l| !l.trim().is_empty()),
     };
     let reporter = reporter::Reporter::new(reporter::Mode::detect(args.json));
     let start = std::time::Instant::now();

@@ -203,6 +203,9 @@ impl Error {
                     "gzip" => "gzip",
                     "openssl" => "openssl",
                     "depmod" => "kmod",
+                    "ccache" => "ccache",
+                    "distcc" => "distcc",
+                    "sccache" => "sccache",
                     _ => "build-essential",
                 };
                 format!("install it (Debian: `apt-get install {package}`) or put `{tool}` on PATH")

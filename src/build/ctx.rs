@@ -27,6 +27,8 @@ pub(super) struct Ctx {
     pub(super) installer: Installer,
     /// Trees make runs with read-only (S, K, the trees K was made from), where possible.
     pub(super) protected: Vec<Utf8PathBuf>,
+    /// `--cc-launcher`: put before the compiler on make's command line (in no freshness key).
+    pub(super) cc_launcher: Option<String>,
     /// How this kernel's Kbuild places external module builds.
     pub(super) generation: Generation,
     /// `ARCH_CORE=...` etc. by configuration (`None`: the base), for 6.13+ builds.
@@ -102,6 +104,21 @@ impl Ctx {
         root.join("lib/modules")
             .join(&self.k.kernelrelease)
             .join("kernel")
+    }
+    /// The environment a launcher needs so that its cache serves every package: ccache's base
+    /// directory is D, so the absolute paths of each package's overlay (its own directory in D)
+    /// hash alike. A value the user set wins.
+    pub(super) fn launcher_env(&self) -> Vec<(&'static str, String)> {
+        let is_ccache = self
+            .cc_launcher
+            .as_deref()
+            .and_then(|l| l.split_whitespace().next())
+            .is_some_and(|l| l.rsplit('/').next() == Some("ccache"));
+        if is_ccache && std::env::var_os("CCACHE_BASEDIR").is_none() {
+            vec![("CCACHE_BASEDIR", self.objdir.to_string())]
+        } else {
+            Vec::new()
+        }
     }
 }
 

@@ -29,6 +29,10 @@ pub(super) fn make_args(
         .placement(&ctx.tree(name), &ctx.out(name), &unit.dir);
     args.extend(ctx.k.make_vars.iter().cloned());
     args.extend(ctx.generation_vars(job).unwrap_or_default());
+    if let Some(launcher) = &ctx.cc_launcher {
+        // After the tree's own variables, so that it is the CC make uses.
+        args.push(format!("CC={launcher} {}", ctx.k.compiler()));
+    }
     if !ctx.external {
         args.push(format!(
             "MODPOST={}",
@@ -173,7 +177,7 @@ fn make_unit(
     let make_start = Instant::now();
     let (first_out, modpost_at, after_modpost) =
         (Cell::new(None), Cell::new(None), Cell::new(None));
-    let (status, text) = run_make(&args, &line, slots, &ctx.protected, log, &|l| {
+    let (status, text) = run_make(&args, &line, slots, ctx, log, &|l| {
         let now = Some(Instant::now());
         if l.starts_with("MODPOST") {
             modpost_at.set(now);
@@ -205,13 +209,17 @@ pub(super) fn run_make(
     args: &[String],
     line: &str,
     slots: &Slots,
-    protected: &[Utf8PathBuf],
+    ctx: &Ctx,
     log: &mut std::fs::File,
     progress: &dyn Fn(&str),
 ) -> Result<(Option<std::process::ExitStatus>, String), String> {
     let client = slots.client.clone();
-    let protected = protected.to_vec();
-    let expr = kbuild_install::selftest::make_expr("make", args).before_spawn(move |cmd| {
+    let protected = ctx.protected.clone();
+    let mut expr = kbuild_install::selftest::make_expr("make", args);
+    for (k, v) in ctx.launcher_env() {
+        expr = expr.env(k, v);
+    }
+    let expr = expr.before_spawn(move |cmd| {
         client.configure_make(cmd);
         // S and K read-only for make and everything it runs.
         let paths: Vec<&Utf8Path> = protected.iter().map(|p| p.as_path()).collect();

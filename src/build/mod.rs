@@ -55,6 +55,8 @@ pub struct BuildOptions {
     pub install_mod_path: Option<Utf8PathBuf>,
     /// Fail at once when another run holds a package's lock, instead of waiting.
     pub no_wait: bool,
+    /// A compiler launcher (ccache, distcc, ...) put before the kernel's compiler.
+    pub cc_launcher: Option<String>,
 }
 
 /// Run a build; returns one result per package, in dependency order.
@@ -120,10 +122,17 @@ fn context(
     }
     crate::guard::check_apart(&objdir, &dest)?;
     let cc = k.compiler();
+    let launcher = opts
+        .cc_launcher
+        .as_deref()
+        .and_then(|l| l.split_whitespace().next());
     for (tool, role) in [
         ("make", "GNU make"),
         (cc.as_str(), "the kernel's C compiler (CC)"),
-    ] {
+    ]
+    .into_iter()
+    .chain(launcher.map(|l| (l, "the compiler launcher (--cc-launcher)")))
+    {
         which::which(tool).map_err(|_| KError::MissingTool {
             tool: tool.to_string(),
             role,
@@ -150,6 +159,7 @@ fn context(
         external: opts.external,
         installer,
         protected: protected.into_iter().map(|(p, _)| p).collect(),
+        cc_launcher: opts.cc_launcher.clone(),
         generation,
         arch_dirs: Mutex::new(HashMap::new()),
     };

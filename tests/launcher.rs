@@ -1,0 +1,138 @@
+//! `--cc-launcher ccache` on the real test kernel: every module of the test config built as its
+//! own package through ccache (its cache in the test's temporary directory), then again into
+//! another object directory: every compile is a cache hit, the modules are byte-identical, Kbuild
+//! sees the kernel's own compiler (no "compiler differs" warning), and a later build without
+//! the launcher is a no-op.
+
+mod common;
+
+use assert_cmd::Command;
+use serde_json::Value;
+use std::path::Path;
+
+/// ccache's counters (`ccache --print-stats`).
+fn stats(cache: &Path) -> std::collections::BTreeMap<String, u64> {
+    let o = std::process::Command::new("ccache")
+        .arg("--print-stats")
+        .env("CCACHE_DIR", cache)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once('\t')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn build(tk: &common::TestKernel, t: &Path, n: u32, symbols: &[String], launcher: bool) -> Value {
+    let mut c = Command::cargo_bin("extmod").unwrap();
+    c.arg("build")
+        .arg("-K")
+        .arg(&tk.obj)
+        .arg("-S")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(t.join(format!("objs{n}")))
+        .arg("-O")
+        .arg(t.join(format!("out{n}")))
+        .args(["--raw", "--json"])
+        .args(symbols)
+        .env("CCACHE_DIR", t.join("ccache"))
+        .env_remove("CCACHE_BASEDIR")
+        .env_remove("EXTMOD_CC_LAUNCHER");
+    if launcher {
+        c.args(["--cc-launcher", "ccache"]);
+    }
+    let o = c.output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn ccache_serves_every_compile_of_a_rebuild_in_another_objdir() {
+    if which::which("ccache").is_err() {
+        eprintln!("SKIP: ccache not installed (scripts/deps installs it)");
+        return;
+    }
+    let tk = common::test_kernel();
+    let tmp = common::tempdir("extmod-ccache-");
+    let t = tmp.path();
+    let symbols: Vec<String> = std::fs::read_to_string(tk.obj.join(".config"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_suffix("=m"))
+        .map(str::to_string)
+        .collect();
+    let cold = build(tk, t, 1, &symbols, true);
+    let after_cold = stats(&t.join("ccache"));
+    assert!(after_cold["cache_miss"] > 20, "{after_cold:?}");
+    let warm = build(tk, t, 2, &symbols, true);
+    let after_warm = stats(&t.join("ccache"));
+    assert_eq!(
+        after_warm["cache_miss"], after_cold["cache_miss"],
+        "a compile of the rebuild missed the cache: {after_warm:?}"
+    );
+    assert!(after_warm["direct_cache_hit"] > after_cold["direct_cache_hit"] + 20);
+    // The same modules, and Kbuild saw the kernel's compiler.
+    let mut modules = 0;
+    for (a, b) in cold["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(warm["packages"].as_array().unwrap())
+    {
+        assert_eq!(a["name"], b["name"]);
+        let pkg = a["name"].as_str().unwrap();
+        for m in a["installed"].as_array().unwrap() {
+            let rel = m["path"].as_str().unwrap();
+            let x = std::fs::read(t.join("out1").join(pkg).join(rel)).unwrap();
+            let y = std::fs::read(t.join("out2").join(pkg).join(rel)).unwrap();
+            assert!(x == y, "{rel} differs between the cold and the warm build");
+            modules += 1;
+        }
+        let log = std::fs::read_to_string(t.join("objs2").join(pkg).join("build.log")).unwrap();
+        assert!(log.contains("'CC=ccache "), "{pkg}: {log}");
+        assert!(!log.contains("compiler differs"), "{pkg}: {log}");
+    }
+    assert!(modules >= 13, "{modules} modules");
+    // The launcher is in no freshness key.
+    let again = build(tk, t, 2, &symbols, false);
+    for p in again["packages"].as_array().unwrap() {
+        assert_eq!(p["status"], "fresh", "{p}");
+    }
+}
+
+#[test]
+fn a_missing_launcher_is_named() {
+    let tk = common::test_kernel();
+    let tmp = common::tempdir("extmod-launcher-");
+    let o = Command::cargo_bin("extmod")
+        .unwrap()
+        .arg("build")
+        .arg("-K")
+        .arg(&tk.obj)
+        .arg("-S")
+        .arg(&tk.src)
+        .arg("-D")
+        .arg(tmp.path().join("objs"))
+        .arg("-O")
+        .arg(tmp.path().join("out"))
+        .args(["--cc-launcher", "no-such-launcher-x", "CONFIG_DUMMY"])
+        .assert()
+        .code(17)
+        .get_output()
+        .clone();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("`no-such-launcher-x`") && err.contains("launcher") && err.contains("hint:"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("objs").exists());
+}
