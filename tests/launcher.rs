@@ -136,3 +136,131 @@ fn a_missing_launcher_is_named() {
     );
     assert!(!tmp.path().join("objs").exists());
 }
+
+/// Two distcc daemons on 127.0.0.1, stopped when dropped (also on a failed assertion).
+struct Daemons(Vec<std::process::Child>);
+
+impl Drop for Daemons {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn distcc_spreads_the_compiles_over_two_daemons_with_identical_modules() {
+    if which::which("distccd").is_err() || which::which("distcc").is_err() {
+        eprintln!("SKIP: distcc not installed (scripts/deps installs it)");
+        return;
+    }
+    let tk = common::test_kernel();
+    let tmp = common::tempdir("extmod-distcc-");
+    let t = tmp.path();
+    // distccd started as root runs as the `distccd` user: it must be able to write its log.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(t, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    std::fs::create_dir(t.join("distcc-home")).unwrap();
+    let ports = [free_port(), free_port()];
+    let mut daemons = Daemons(Vec::new());
+    for p in ports {
+        daemons.0.push(
+            std::process::Command::new("distccd")
+                .args(["--daemon", "--no-detach", "--allow", "127.0.0.1"])
+                .args(["--listen", "127.0.0.1", "--port", &p.to_string()])
+                .args(["--jobs", "2", "--log-level", "info"])
+                .arg(format!(
+                    "--log-file={}",
+                    t.join(format!("distccd-{p}.log")).display()
+                ))
+                .spawn()
+                .unwrap(),
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let symbols = [
+        "CONFIG_DUMMY",
+        "CONFIG_ZRAM",
+        "CONFIG_SQUASHFS",
+        "CONFIG_NLS_UTF8",
+    ]
+    .map(String::from);
+    let hosts = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}/2"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let remote = {
+        let mut c = Command::cargo_bin("extmod").unwrap();
+        c.arg("build")
+            .arg("-K")
+            .arg(&tk.obj)
+            .arg("-S")
+            .arg(&tk.src)
+            .arg("-D")
+            .arg(t.join("objs-distcc"))
+            .arg("-O")
+            .arg(t.join("out-distcc"))
+            .args(["--raw", "--json", "--cc-launcher", "distcc"])
+            .args(&symbols)
+            .env("DISTCC_HOSTS", &hosts)
+            .env("DISTCC_FALLBACK", "0")
+            .env("DISTCC_SKIP_LOCAL_RETRY", "1")
+            .env("DISTCC_DIR", t.join("distcc-home"));
+        let o = c.output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        serde_json::from_slice::<Value>(&o.stdout).unwrap()
+    };
+    drop(daemons);
+    // Both daemons compiled objects.
+    for p in ports {
+        let log = std::fs::read_to_string(t.join(format!("distccd-{p}.log"))).unwrap_or_default();
+        assert!(
+            log.matches("COMPILE_OK").count() >= 2,
+            "distccd on port {p} compiled nothing:\n{log}"
+        );
+    }
+    // The same modules as a local build.
+    build(tk, t, 9, &symbols, false);
+    for p in remote["packages"].as_array().unwrap() {
+        let pkg = p["name"].as_str().unwrap();
+        for m in p["installed"].as_array().unwrap() {
+            let rel = m["path"].as_str().unwrap();
+            let a = std::fs::read(t.join("out-distcc").join(pkg).join(rel)).unwrap();
+            let b = std::fs::read(t.join("out9").join(pkg).join(rel)).unwrap();
+            assert!(a == b, "{rel}: distcc's differs from the local build");
+        }
+        // distcc names gcc by its target triplet (x86_64-linux-gnu-gcc), so Kbuild's version
+        // text differs from the recorded one by that name only: the same gcc.
+        let log =
+            std::fs::read_to_string(t.join("objs-distcc").join(pkg).join("build.log")).unwrap();
+        if let Some(at) = log.find("You are using:") {
+            let line = log[at..].lines().next().unwrap();
+            let version = line.split_once('(').map(|(_, v)| v).unwrap_or("");
+            let want = std::fs::read_to_string(tk.obj.join("include/config/auto.conf"))
+                .unwrap()
+                .lines()
+                .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT="))
+                .unwrap()
+                .to_string();
+            assert!(
+                want.contains(version.trim_end_matches('"')),
+                "{line} vs {want}"
+            );
+        }
+    }
+}
