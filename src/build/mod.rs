@@ -9,6 +9,7 @@
 mod ctx;
 mod job;
 mod make;
+mod options;
 mod plan;
 mod prepare;
 mod schedule;
@@ -27,37 +28,12 @@ use job::Plan;
 use kbuild_install::Error as KError;
 use kbuild_install::tree::{SourceTree, release_matches};
 use make::command_line;
+pub use options::BuildOptions;
 use plan::plan;
 use schedule::execute;
 use stage::{install_all, output_dir};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock};
-
-#[derive(Debug, Clone)]
-pub struct BuildOptions {
-    pub kbuild: Utf8PathBuf,
-    pub srctree: Utf8PathBuf,
-    pub objdir: Utf8PathBuf,
-    pub dest: Utf8PathBuf,
-    pub packages: Vec<Package>,
-    pub jobs: Option<usize>,
-    pub keep_going: bool,
-    pub dry_run: bool,
-    /// Build packages whose variant changes built-in code (labelled as not matching).
-    pub allow_kernel_change: bool,
-    /// make's jobserver, when extmod runs under make (from a `+` recipe line).
-    pub inherited_jobserver: Option<jobserver::Client>,
-    /// Run modpost as for an external module (`-e`: no `intree: Y` modinfo).
-    pub external: bool,
-    /// The `modules_install` steps (strip, sign, compress, depmod).
-    pub install: crate::modinst::InstallOptions,
-    /// Also install every package's modules into one tree (`INSTALL_MOD_PATH`) with depmod.
-    pub install_mod_path: Option<Utf8PathBuf>,
-    /// Fail at once when another run holds a package's lock, instead of waiting.
-    pub no_wait: bool,
-    /// A compiler launcher (ccache, distcc, ...) put before the kernel's compiler.
-    pub cc_launcher: Option<String>,
-}
 
 /// Run a build; returns one result per package, in dependency order.
 pub fn run(

@@ -1,10 +1,10 @@
 //! Running the planned jobs: dependencies first, one thread per package holding a make slot,
 //! results reported as they settle.
 
-use super::BuildOptions;
 use super::ctx::Ctx;
 use super::job::{Job, Plan};
 use super::make::build_package;
+use super::options::BuildOptions;
 use super::slots::Slots;
 use crate::error::Error;
 use crate::events::{Event, PackageResult, Status};
