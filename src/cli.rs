@@ -299,8 +299,8 @@ pub struct BuildArgs {
     /// instead of waiting for it.
     #[arg(long)]
     pub no_wait: bool,
-    /// Run the compiler through a launcher: `ccache`, `sccache`, `distcc` or a path
-    /// (default: $EXTMOD_CC_LAUNCHER). make gets `CC="<launcher> <compiler>"`; Kbuild still
+    /// Run the compiler through a launcher: `ccache`, `sccache`, `distcc` or a path, one word
+    /// without shell or make metacharacters (default: $EXTMOD_CC_LAUNCHER). make gets `CC="<launcher> <compiler>"`; Kbuild still
     /// sees the kernel's compiler (its version text is the same), and the launcher is part of
     /// no freshness key: a later build without it is a no-op when nothing else changed.
     #[arg(long, value_name = "CMD")]

@@ -135,6 +135,30 @@ fn a_missing_launcher_is_named() {
         "{err}"
     );
     assert!(!tmp.path().join("objs").exists());
+    // It reaches make's CC and the shell: anything but one plain word is refused (exit 25).
+    for bad in ["ccache;touch x", "ccache $(X)", "ccache -s"] {
+        let o = Command::cargo_bin("extmod")
+            .unwrap()
+            .arg("build")
+            .arg("-K")
+            .arg(&tk.obj)
+            .arg("-S")
+            .arg(&tk.src)
+            .arg("-D")
+            .arg(tmp.path().join("objs"))
+            .arg("-O")
+            .arg(tmp.path().join("out"))
+            .args(["--cc-launcher", bad, "CONFIG_DUMMY"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(25),
+            "{bad}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!tmp.path().join("objs").exists(), "{bad}");
+    }
 }
 
 /// Two distcc daemons on 127.0.0.1, stopped when dropped (also on a failed assertion).

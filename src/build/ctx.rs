@@ -112,7 +112,6 @@ impl Ctx {
         let is_ccache = self
             .cc_launcher
             .as_deref()
-            .and_then(|l| l.split_whitespace().next())
             .is_some_and(|l| l.rsplit('/').next() == Some("ccache"));
         if is_ccache && std::env::var_os("CCACHE_BASEDIR").is_none() {
             vec![("CCACHE_BASEDIR", self.objdir.to_string())]

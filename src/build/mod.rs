@@ -98,10 +98,12 @@ fn context(
     }
     crate::guard::check_apart(&objdir, &dest)?;
     let cc = k.compiler();
-    let launcher = opts
-        .cc_launcher
-        .as_deref()
-        .and_then(|l| l.split_whitespace().next());
+    // The launcher reaches make's CC and the shell's command line: one word, no shell or make
+    // metacharacters (a command name or a path).
+    if let Some(l) = &opts.cc_launcher {
+        kbuild_install::paths::check_path(camino::Utf8Path::new(l))?;
+    }
+    let launcher = opts.cc_launcher.as_deref();
     for (tool, role) in [
         ("make", "GNU make"),
         (cc.as_str(), "the kernel's C compiler (CC)"),
