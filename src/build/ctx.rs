@@ -31,8 +31,9 @@ pub(super) struct Ctx {
     pub(super) cc_launcher: Option<String>,
     /// How this kernel's Kbuild places external module builds.
     pub(super) generation: Generation,
-    /// `ARCH_CORE=...` etc. by configuration (`None`: the base), for 6.13+ builds.
-    pub(super) arch_dirs: Mutex<HashMap<Option<Utf8PathBuf>, MakeVars>>,
+    /// Kbuild's in-tree values of `ARCH_CORE`, the BTF flags, ... by configuration (`None`:
+    /// the base), see [`Ctx::generation_vars`].
+    pub(super) intree_vars: Mutex<HashMap<Option<Utf8PathBuf>, MakeVars>>,
 }
 impl Ctx {
     pub(super) fn index(&self) -> &Index {
@@ -66,7 +67,7 @@ impl Ctx {
             return Ok(Vec::new());
         }
         let key = job.variant.as_ref().map(|v| v.dir.clone());
-        let mut cache = self.arch_dirs.lock().expect("arch dirs lock");
+        let mut cache = self.intree_vars.lock().expect("in-tree variables lock");
         let vars = cache
             .entry(key.clone())
             .or_insert_with(|| {

@@ -139,7 +139,7 @@ fn context(
         protected: protected.into_iter().map(|(p, _)| p).collect(),
         cc_launcher: opts.cc_launcher.clone(),
         generation,
-        arch_dirs: Mutex::new(HashMap::new()),
+        intree_vars: Mutex::new(HashMap::new()),
     };
     Ok((ctx, install_root))
 }

@@ -512,6 +512,16 @@ impl Evaluator {
 /// `obj` is set, is what the evaluation includes after Makefile.lib; `None` when Makefile.lib
 /// still does the expansion (up to 6.12) or the markers are not found.
 pub fn lists_section(srctree: &Utf8Path) -> Option<String> {
+    // Asked for every cache key and every evaluation: read once per source tree and run.
+    static SEEN: std::sync::Mutex<BTreeMap<Utf8PathBuf, Option<String>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut seen = SEEN.lock().expect("lists section cache");
+    seen.entry(srctree.to_owned())
+        .or_insert_with(|| read_lists_section(srctree))
+        .clone()
+}
+
+fn read_lists_section(srctree: &Utf8Path) -> Option<String> {
     let lib = std::fs::read_to_string(srctree.join("scripts/Makefile.lib")).ok()?;
     if lib.contains("real-search =") {
         return None;
