@@ -481,21 +481,6 @@ fn same_packages_build_against_debian_linux_headers() {
     );
 }
 
-/// `xz -dc`.
-/// A module's bytes, uncompressed when it is `.ko.xz` (Debian 12's 6.1 ships plain `.ko`).
-fn unxz(path: &Path) -> Vec<u8> {
-    if path.extension().is_some_and(|e| e == "ko") {
-        return std::fs::read(path).unwrap();
-    }
-    let o = std::process::Command::new("xz")
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "xz -dc {}", path.display());
-    o.stdout
-}
-
 /// Debian's modules rebuilt by extmod from Debian's source against Debian's headers, stripped
 /// and compressed as Debian's config and packaging say, equal the modules Debian ships once
 /// Debian's signature is removed. The build ID is compared apart: it hashes the unstripped
@@ -602,11 +587,11 @@ fn debian_modules_match(headers: &Path, image_root: &Path, src: &Path) {
             assert_eq!(m["stripped"], true);
             assert_eq!(m["signer"], Value::Null);
             let rel = m["path"].as_str().unwrap();
-            let ours = unxz(&out.join(p["name"].as_str().unwrap()).join(rel));
-            let theirs = unxz(&image_root.join(rel));
+            let ours = common::unxz(&out.join(p["name"].as_str().unwrap()).join(rel));
+            let theirs = common::unxz(&image_root.join(rel));
             let theirs = elf::without_signature(&theirs);
             assert!(
-                theirs.len() < unxz(&image_root.join(rel)).len(),
+                theirs.len() < common::unxz(&image_root.join(rel)).len(),
                 "{rel}: Debian's module carries a signature"
             );
             if ours == theirs {

@@ -17,12 +17,6 @@ use std::process::Command;
 /// Debian's 7.3 build directory, as its modules record it.
 const DEBIAN_BUILD_DIR: &str = "/build/reproducible-path/linux-7.3.4/";
 
-fn unxz(path: &Path) -> Vec<u8> {
-    let o = Command::new("xz").arg("-dc").arg(path).output().unwrap();
-    assert!(o.status.success(), "xz -dc {}", path.display());
-    o.stdout
-}
-
 /// `haystack` with every `from` replaced by `to`.
 fn replaced(haystack: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(haystack.len());
@@ -130,8 +124,8 @@ fn debian_7_3_modules_match_linux_modules_built_in_a_trixie_root() {
         for m in p["installed"].as_array().unwrap() {
             let rel = m["path"].as_str().unwrap();
             let rel_in_modlib = rel.split_once("/kernel/").unwrap().1;
-            let ours = unxz(&work.join("out").join(pkg).join(rel));
-            let theirs_signed = unxz(&theirs_root.join("kernel").join(rel_in_modlib));
+            let ours = common::unxz(&work.join("out").join(pkg).join(rel));
+            let theirs_signed = common::unxz(&theirs_root.join("kernel").join(rel_in_modlib));
             let theirs = kbuild_install::elf::without_signature(&theirs_signed);
             assert!(
                 theirs.len() < theirs_signed.len(),

@@ -26,7 +26,16 @@ fn stats(cache: &Path) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
-fn build(tk: &common::TestKernel, t: &Path, n: u32, symbols: &[String], launcher: bool) -> Value {
+/// `extmod build --raw --json` of `symbols` into `objs<n>`/`out<n>`, through `launcher` when
+/// given, with `env` added; must succeed.
+fn build(
+    tk: &common::TestKernel,
+    t: &Path,
+    n: u32,
+    symbols: &[String],
+    launcher: Option<&str>,
+    env: &[(&str, String)],
+) -> Value {
     let mut c = Command::cargo_bin("extmod").unwrap();
     c.arg("build")
         .arg("-K")
@@ -41,9 +50,10 @@ fn build(tk: &common::TestKernel, t: &Path, n: u32, symbols: &[String], launcher
         .args(symbols)
         .env("CCACHE_DIR", t.join("ccache"))
         .env_remove("CCACHE_BASEDIR")
-        .env_remove("EXTMOD_CC_LAUNCHER");
-    if launcher {
-        c.args(["--cc-launcher", "ccache"]);
+        .env_remove("EXTMOD_CC_LAUNCHER")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(l) = launcher {
+        c.args(["--cc-launcher", l]);
     }
     let o = c.output().unwrap();
     assert_eq!(
@@ -70,10 +80,10 @@ fn ccache_serves_every_compile_of_a_rebuild_in_another_objdir() {
         .filter_map(|l| l.strip_suffix("=m"))
         .map(str::to_string)
         .collect();
-    let cold = build(tk, t, 1, &symbols, true);
+    let cold = build(tk, t, 1, &symbols, Some("ccache"), &[]);
     let after_cold = stats(&t.join("ccache"));
     assert!(after_cold["cache_miss"] > 20, "{after_cold:?}");
-    let warm = build(tk, t, 2, &symbols, true);
+    let warm = build(tk, t, 2, &symbols, Some("ccache"), &[]);
     let after_warm = stats(&t.join("ccache"));
     assert_eq!(
         after_warm["cache_miss"], after_cold["cache_miss"],
@@ -103,7 +113,7 @@ fn ccache_serves_every_compile_of_a_rebuild_in_another_objdir() {
     }
     assert!(modules >= 13, "{modules} modules");
     // The launcher is in no freshness key.
-    let again = build(tk, t, 2, &symbols, false);
+    let again = build(tk, t, 2, &symbols, None, &[]);
     for p in again["packages"].as_array().unwrap() {
         assert_eq!(p["status"], "fresh", "{p}");
     }
@@ -166,8 +176,11 @@ struct Daemons(Vec<std::process::Child>);
 
 impl Drop for Daemons {
     fn drop(&mut self) {
+        // distccd forks its workers (as the `distccd` user when started as root): stop the
+        // whole process group each daemon leads.
         for c in &mut self.0 {
-            let _ = c.kill();
+            // SAFETY: kill(2) on a process group this test created.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGTERM) };
             let _ = c.wait();
         }
     }
@@ -198,16 +211,19 @@ fn distcc_spreads_the_compiles_over_two_daemons_with_identical_modules() {
     let mut daemons = Daemons(Vec::new());
     for p in ports {
         daemons.0.push(
-            std::process::Command::new("distccd")
-                .args(["--daemon", "--no-detach", "--allow", "127.0.0.1"])
-                .args(["--listen", "127.0.0.1", "--port", &p.to_string()])
-                .args(["--jobs", "2", "--log-level", "info"])
-                .arg(format!(
-                    "--log-file={}",
-                    t.join(format!("distccd-{p}.log")).display()
-                ))
-                .spawn()
-                .unwrap(),
+            std::os::unix::process::CommandExt::process_group(
+                &mut std::process::Command::new("distccd"),
+                0,
+            )
+            .args(["--daemon", "--no-detach", "--allow", "127.0.0.1"])
+            .args(["--listen", "127.0.0.1", "--port", &p.to_string()])
+            .args(["--jobs", "2", "--log-level", "info"])
+            .arg(format!(
+                "--log-file={}",
+                t.join(format!("distccd-{p}.log")).display()
+            ))
+            .spawn()
+            .unwrap(),
         );
     }
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -223,32 +239,13 @@ fn distcc_spreads_the_compiles_over_two_daemons_with_identical_modules() {
         .map(|p| format!("127.0.0.1:{p}/2"))
         .collect::<Vec<_>>()
         .join(" ");
-    let remote = {
-        let mut c = Command::cargo_bin("extmod").unwrap();
-        c.arg("build")
-            .arg("-K")
-            .arg(&tk.obj)
-            .arg("-S")
-            .arg(&tk.src)
-            .arg("-D")
-            .arg(t.join("objs-distcc"))
-            .arg("-O")
-            .arg(t.join("out-distcc"))
-            .args(["--raw", "--json", "--cc-launcher", "distcc"])
-            .args(&symbols)
-            .env("DISTCC_HOSTS", &hosts)
-            .env("DISTCC_FALLBACK", "0")
-            .env("DISTCC_SKIP_LOCAL_RETRY", "1")
-            .env("DISTCC_DIR", t.join("distcc-home"));
-        let o = c.output().unwrap();
-        assert_eq!(
-            o.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        serde_json::from_slice::<Value>(&o.stdout).unwrap()
-    };
+    let env = [
+        ("DISTCC_HOSTS", hosts),
+        ("DISTCC_FALLBACK", "0".to_string()),
+        ("DISTCC_SKIP_LOCAL_RETRY", "1".to_string()),
+        ("DISTCC_DIR", t.join("distcc-home").display().to_string()),
+    ];
+    let remote = build(tk, t, 8, &symbols, Some("distcc"), &env);
     drop(daemons);
     // Both daemons compiled objects.
     for p in ports {
@@ -259,19 +256,18 @@ fn distcc_spreads_the_compiles_over_two_daemons_with_identical_modules() {
         );
     }
     // The same modules as a local build.
-    build(tk, t, 9, &symbols, false);
+    build(tk, t, 9, &symbols, None, &[]);
     for p in remote["packages"].as_array().unwrap() {
         let pkg = p["name"].as_str().unwrap();
         for m in p["installed"].as_array().unwrap() {
             let rel = m["path"].as_str().unwrap();
-            let a = std::fs::read(t.join("out-distcc").join(pkg).join(rel)).unwrap();
+            let a = std::fs::read(t.join("out8").join(pkg).join(rel)).unwrap();
             let b = std::fs::read(t.join("out9").join(pkg).join(rel)).unwrap();
             assert!(a == b, "{rel}: distcc's differs from the local build");
         }
         // distcc names gcc by its target triplet (x86_64-linux-gnu-gcc), so Kbuild's version
         // text differs from the recorded one by that name only: the same gcc.
-        let log =
-            std::fs::read_to_string(t.join("objs-distcc").join(pkg).join("build.log")).unwrap();
+        let log = std::fs::read_to_string(t.join("objs8").join(pkg).join("build.log")).unwrap();
         if let Some(at) = log.find("You are using:") {
             let line = log[at..].lines().next().unwrap();
             let version = line.split_once('(').map(|(_, v)| v).unwrap_or("");

@@ -335,3 +335,17 @@ pub fn sections(path: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// A module's bytes, uncompressed when it is `.ko.xz` (Debian 12's 6.1 ships plain `.ko`).
+pub fn unxz(path: &Path) -> Vec<u8> {
+    if path.extension().is_some_and(|e| e == "ko") {
+        return std::fs::read(path).unwrap();
+    }
+    let o = std::process::Command::new("xz")
+        .arg("-dc")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "xz -dc {}", path.display());
+    o.stdout
+}
