@@ -82,6 +82,15 @@ impl Generation {
         }
     }
 
+    /// The directory Kbuild's `Makefile.modfinal` writes `.module-common.o` into for a build of
+    /// the modules of `dir`: the external module directory up to 6.12, the output root since.
+    pub fn common_object_dir(self, out: &Utf8Path, dir: &str) -> Utf8PathBuf {
+        match self {
+            Generation::InTreeDirs => out.join(dir),
+            Generation::OutputDir => out.to_path_buf(),
+        }
+    }
+
     /// Top-level entries of the Kbuild tree the overlay must not show: a `modules.order` at
     /// the source root stops a 6.13+ external build ("The external module source tree is not
     /// clean"), and a build output make would find there through `VPATH` would be taken (and

@@ -859,3 +859,64 @@ fn shell_completions_name_the_subcommands_and_options() {
     assert!(String::from_utf8_lossy(&o.get_output().stdout).starts_with("#compdef extmod"));
     extmod().args(["completions", "tcsh"]).assert().code(2);
 }
+
+/// What one package's make leaves for the next (Kbuild's compiler probe answers and
+/// `.module-common.o`) changes no byte: VETH built after DUMMY in one objdir, taking both, is
+/// the module VETH's build alone makes, and the in-tree one.
+#[test]
+fn shared_probes_and_common_object_leave_the_modules_unchanged() {
+    let tk = test_kernel();
+    let tmp = common::tempdir("extmod-shared-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let entries = |d: &Path| -> usize {
+        let dir = d.join(".probes");
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "mk"))
+            .map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap()
+                    .matches("define __extmod_probe_k")
+                    .count()
+            })
+            .sum()
+    };
+    build_cmd(tk, &d, &out)
+        .args(["--raw", "CONFIG_DUMMY"])
+        .assert()
+        .code(0);
+    let probes = entries(&d);
+    assert!(probes >= 20, "{probes} probe answers kept");
+    build_cmd(tk, &d, &out)
+        .args(["--raw", "CONFIG_DUMMY", "CONFIG_VETH"])
+        .assert()
+        .code(0);
+    // VETH's make ran no probe and took the object DUMMY's compiled.
+    assert_eq!(entries(&d), probes, "VETH's make found new probe answers");
+    let log = std::fs::read_to_string(d.join("CONFIG_VETH/build.log")).unwrap();
+    assert!(!log.contains(".module-common.o"), "{log}");
+    assert!(log.contains("CC [M]  drivers/net/veth.o"), "{log}");
+
+    let (d2, out2) = (tmp.path().join("objs2"), tmp.path().join("out2"));
+    build_cmd(tk, &d2, &out2)
+        .args(["--raw", "CONFIG_VETH"])
+        .assert()
+        .code(0);
+    let alone = std::fs::read_to_string(d2.join("CONFIG_VETH/build.log")).unwrap();
+    assert!(alone.contains("drivers/net/.module-common.o"), "{alone}");
+    let ko = |o: &Path| {
+        std::fs::read(
+            o.join("CONFIG_VETH/lib/modules")
+                .join(tk.release())
+                .join("kernel/drivers/net/veth.ko"),
+        )
+        .unwrap()
+    };
+    assert!(
+        ko(&out) == ko(&out2),
+        "veth.ko differs with the shared work"
+    );
+    let intree = std::fs::read(tk.obj.join("drivers/net/veth.ko")).unwrap();
+    assert!(ko(&out) == intree, "veth.ko differs from the in-tree build");
+}

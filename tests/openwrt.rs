@@ -687,14 +687,16 @@ fn openwrt_tree() -> Option<PathBuf> {
     found
 }
 
-/// The Debian 6.12 target: its headers package as the Kbuild tree, the installed image's
-/// modules.order and modules.builtin, Debian's source (the test kernel's) as the source tree.
-struct DebianTarget {
+/// An OpenWrt target for the real definitions: a Kbuild tree (Debian's headers package, or one
+/// `extmod kbuild-install` made of a test kernel), its kernel's modules.order and
+/// modules.builtin, and the kernel source.
+struct OpenwrtTarget {
     headers: PathBuf,
     modules: PathBuf,
+    srctree: PathBuf,
 }
 
-fn debian_target() -> Option<DebianTarget> {
+fn debian_target() -> Option<OpenwrtTarget> {
     let headers = common::debian_headers()?;
     let release = std::fs::read_to_string(headers.join("include/config/kernel.release")).ok()?;
     let modules = Path::new("/lib/modules").join(release.trim());
@@ -705,12 +707,30 @@ fn debian_target() -> Option<DebianTarget> {
         );
         return None;
     }
-    Some(DebianTarget { headers, modules })
+    let srctree = std::env::var_os("EXTMOD_OPENWRT_SRCTREE")
+        .map_or_else(|| test_kernel().src.clone(), PathBuf::from);
+    Some(OpenwrtTarget {
+        headers,
+        modules,
+        srctree,
+    })
 }
 
-/// The arguments of tests/openwrt-real/Makefile for Debian's 6.12 as an x86/64 target.
-fn real_args(tree: &Path, deb: &DebianTarget, mode: &str, work: &Path, out: &Path) -> Vec<String> {
-    vec![
+/// A test kernel as the target: the Kbuild tree `extmod kbuild-install` makes of it (which
+/// holds the kernel's modules.order and modules.builtin), its source as the source tree.
+fn kernel_target(tk: &common::TestKernel, name: &str) -> OpenwrtTarget {
+    let kb = common::kbuild_of(tk, name);
+    OpenwrtTarget {
+        modules: kb.clone(),
+        headers: kb,
+        srctree: tk.src.clone(),
+    }
+}
+
+/// The arguments of tests/openwrt-real/Makefile for a target (x86/64 or armsr/armv8, from the
+/// Kbuild tree's configuration).
+fn real_args(tree: &Path, deb: &OpenwrtTarget, mode: &str, work: &Path, out: &Path) -> Vec<String> {
+    let mut args = vec![
         // OpenWrt's package directory: custom install sections copy ./files/...
         "-C".into(),
         tree.join("package/kernel/linux").display().to_string(),
@@ -722,12 +742,7 @@ fn real_args(tree: &Path, deb: &DebianTarget, mode: &str, work: &Path, out: &Pat
         format!("MODE={mode}"),
         format!("OPENWRT={}", tree.display()),
         format!("KBUILD={}", deb.headers.display()),
-        format!(
-            "SRCTREE={}",
-            std::env::var_os("EXTMOD_OPENWRT_SRCTREE")
-                .map_or_else(|| test_kernel().src.clone(), PathBuf::from)
-                .display()
-        ),
+        format!("SRCTREE={}", deb.srctree.display()),
         format!("WORK={}", work.display()),
         format!("OUT={}", out.display()),
         format!(
@@ -739,7 +754,11 @@ fn real_args(tree: &Path, deb: &DebianTarget, mode: &str, work: &Path, out: &Pat
             deb.modules.join("modules.builtin").display()
         ),
         format!("EXTMOD={EXTMOD}"),
-    ]
+    ];
+    if let Some(nf) = std::env::var_os("EXTMOD_OPENWRT_NETFILTER_MK") {
+        args.push(format!("NETFILTER_MK={}", Path::new(&nf).display()));
+    }
+    args
 }
 
 fn make_quiet(args: &[String]) -> String {
@@ -883,20 +902,52 @@ fn outcomes(work: &Path, packages: &[String]) -> BTreeMap<String, (String, Strin
         .collect()
 }
 
-/// The acceptance run: every package OpenWrt selects for x86/64 from its real modules/*.mk,
-/// built through Makefile.shim against Debian's 6.12 headers, then OpenWrt's own
-/// Package/kmod-<name>/install (real include/kernel.mk) run on the modules extmod built, and the
-/// install trees compared. Long on 2 cores: `cargo test --test openwrt -- --ignored
-/// openwrt_real_packages --nocapture`; `EXTMOD_OPENWRT_MK="lib.mk nls.mk"` limits the .mk files,
-/// `EXTMOD_OPENWRT_SELECT="kmod-a kmod-b"` the packages wanted (what they pull in comes too),
-/// `EXTMOD_OPENWRT_WORK=<dir>` keeps (and reuses) the builds, `EXTMOD_OPENWRT_SRCTREE` names
-/// Debian's 6.12 source [the test kernel's].
+/// The acceptance run: every package OpenWrt selects for the target from its real
+/// modules/*.mk, built through Makefile.shim, then OpenWrt's own Package/kmod-<name>/install
+/// (real include/kernel.mk) run on the modules extmod built, and the install trees compared.
+/// Long on 2 cores: `cargo test --test openwrt -- --ignored openwrt_real_packages --nocapture`;
+/// `EXTMOD_OPENWRT_MK="lib.mk nls.mk"` limits the .mk files, `EXTMOD_OPENWRT_SELECT="kmod-a
+/// kmod-b"` the packages wanted (what they pull in comes too), `EXTMOD_OPENWRT_WORK=<dir>`
+/// keeps (and reuses) the builds, `EXTMOD_OPENWRT_SRCTREE` names Debian's 6.12 source [the test
+/// kernel's], `EXTMOD_OPENWRT_NETFILTER_MK` OpenWrt's include/netfilter.mk (which
+/// modules/netfilter.mk includes; the test data does not have it).
 #[test]
 #[ignore = "builds every OpenWrt x86/64 kernel package against Debian's 6.12 headers (long)"]
 fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
     let (Some(tree), Some(deb)) = (openwrt_tree(), debian_target()) else {
         return;
     };
+    real_packages(&tree, &deb);
+}
+
+/// The same against a Kbuild tree of a router-sized x86_64 configuration
+/// (tests/kernel/profile-router.config; built once, about 15 minutes), where the packages whose
+/// symbols the configuration lacks are built through configuration variants.
+#[test]
+#[ignore = "builds every OpenWrt x86/64 kernel package against a router-sized test kernel (long)"]
+fn openwrt_real_packages_build_like_openwrt_against_a_router_kernel() {
+    let Some(tree) = openwrt_tree() else {
+        return;
+    };
+    let tk = common::profile_kernel(common::Target::X86_64, "router");
+    real_packages(&tree, &kernel_target(&tk, "kbuild-openwrt-router"));
+}
+
+/// The same for OpenWrt's armsr/armv8 target against the arm64 test kernel.
+#[test]
+#[ignore = "builds every OpenWrt armsr/armv8 kernel package against the arm64 test kernel (long)"]
+fn openwrt_real_packages_build_like_openwrt_on_arm64() {
+    let Some(tree) = openwrt_tree() else {
+        return;
+    };
+    if !common::Target::Arm64.available() {
+        return;
+    }
+    let tk = common::cross_kernel(common::Target::Arm64);
+    real_packages(&tree, &kernel_target(tk, "kbuild-openwrt-arm64"));
+}
+
+fn real_packages(tree: &Path, deb: &OpenwrtTarget) {
     let started = Instant::now();
     let tmp;
     let base = match std::env::var_os("EXTMOD_OPENWRT_WORK") {
@@ -913,7 +964,7 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
     if let Ok(select) = std::env::var("EXTMOD_OPENWRT_SELECT") {
         mk.push(format!("EXTMOD_SELECT={select}"));
     }
-    let mut args = real_args(&tree, &deb, "extmod", &work, &out);
+    let mut args = real_args(tree, deb, "extmod", &work, &out);
     args.extend(mk.clone());
     let mut a = args.clone();
     a.push("list-selected".into());
@@ -942,7 +993,7 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
         *counts.entry(o.as_str()).or_default() += 1;
     }
     eprintln!(
-        "{} packages selected for x86/64, make exit {} in {seconds:.0}s: {counts:?}",
+        "{} packages selected for the target, make exit {} in {seconds:.0}s: {counts:?}",
         selected.len(),
         run.code
     );
@@ -1001,7 +1052,7 @@ fn openwrt_real_packages_build_like_openwrt_against_debian_headers() {
         .collect();
     let ref_out = base.join("ref-out");
     let _ = std::fs::remove_dir_all(&ref_out);
-    let mut a = real_args(&tree, &deb, "openwrt", &base.join("ref-work"), &ref_out);
+    let mut a = real_args(tree, deb, "openwrt", &base.join("ref-work"), &ref_out);
     a.extend(mk);
     a.push(format!("REF={}", reference.display()));
     a.push(format!("SELECTED={}", compared.join(" ")));

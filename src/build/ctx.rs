@@ -34,6 +34,8 @@ pub(super) struct Ctx {
     /// Kbuild's in-tree values of `ARCH_CORE`, the BTF flags, ... by configuration (`None`:
     /// the base), see [`Ctx::generation_vars`].
     pub(super) intree_vars: Mutex<HashMap<Option<Utf8PathBuf>, MakeVars>>,
+    /// Kbuild's compiler probes answered once per build (see [`super::probes`]).
+    pub(super) probes: Option<super::probes::Probes>,
 }
 impl Ctx {
     pub(super) fn index(&self) -> &Index {

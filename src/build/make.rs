@@ -177,7 +177,9 @@ fn make_unit(
     let make_start = Instant::now();
     let (first_out, modpost_at, after_modpost) =
         (Cell::new(None), Cell::new(None), Cell::new(None));
-    let (status, text) = run_make(&args, &line, slots, ctx, log, &|l| {
+    let pkg_dir = ctx.pkg_dir(name);
+    super::common_obj::take(ctx, job, unit);
+    let (status, text) = run_make(&args, &line, slots, ctx, &pkg_dir, log, &|l| {
         let now = Some(Instant::now());
         if l.starts_with("MODPOST") {
             modpost_at.set(now);
@@ -193,6 +195,12 @@ fn make_unit(
             line: l.to_string(),
         })
     })?;
+    if let Some(p) = &ctx.probes {
+        p.merge(&pkg_dir);
+    }
+    if status.is_some_and(|s| s.success()) {
+        super::common_obj::keep(ctx, job, unit);
+    }
     phases.add_make(
         make_start,
         first_out.get(),
@@ -210,13 +218,19 @@ pub(super) fn run_make(
     line: &str,
     slots: &Slots,
     ctx: &Ctx,
+    pkg_dir: &Utf8Path,
     log: &mut std::fs::File,
     progress: &dyn Fn(&str),
 ) -> Result<(Option<std::process::ExitStatus>, String), String> {
     let client = slots.client.clone();
     let protected = ctx.protected.clone();
     let mut expr = kbuild_install::selftest::make_expr("make", args);
-    for (k, v) in ctx.launcher_env() {
+    let probes = ctx
+        .probes
+        .as_ref()
+        .map(|p| p.env(pkg_dir))
+        .unwrap_or_default();
+    for (k, v) in ctx.launcher_env().into_iter().chain(probes) {
         expr = expr.env(k, v);
     }
     let expr = expr.before_spawn(move |cmd| {

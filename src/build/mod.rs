@@ -6,12 +6,14 @@
 //! `prepare` makes each package's overlay, `make` runs its make calls, and `stage` installs the
 //! modules and records what they were built from.
 
+mod common_obj;
 mod ctx;
 mod job;
 mod make;
 mod options;
 mod plan;
 mod prepare;
+mod probes;
 mod schedule;
 mod slots;
 mod stage;
@@ -50,7 +52,10 @@ pub fn run(
     } else {
         Some(lock(&ctx, &packages, opts.no_wait)?)
     };
-    let plans = plan_all(&ctx, &packages)?;
+    let workers = opts
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let plans = plan_all(&ctx, &packages, workers)?;
     emit(Event::Planned {
         packages: plans.len(),
         to_build: plans.iter().filter(|p| matches!(p, Plan::Build(_))).count(),
@@ -126,7 +131,18 @@ fn context(
     };
     let installer = Installer::resolve(&k, &opts.install)?;
     let generation = Generation::of_release(&k.kernelrelease);
+    // The compiler probes' cache lives in D: not for a dry run, which writes nothing.
+    let probes = if opts.dry_run {
+        None
+    } else {
+        std::fs::create_dir_all(&objdir).map_err(|e| KError::DestNotWritable {
+            path: objdir.clone(),
+            source: e,
+        })?;
+        probes::Probes::new(&objdir, &k.layers, &cc)?
+    };
     let ctx = Ctx {
+        probes,
         k,
         src,
         objdir,
@@ -158,14 +174,40 @@ fn lock(ctx: &Ctx, packages: &[Package], no_wait: bool) -> Result<crate::runlock
     Ok(locks)
 }
 
-/// Plan every package. A package whose dependency is rebuilt in this run is rebuilt after it.
-fn plan_all(ctx: &Ctx, packages: &[Package]) -> Result<Vec<Plan>, Error> {
+/// Plan every package, `workers` at a time (a plan may run Kconfig for a variant and make for
+/// Kbuild's module map: one process each). A package whose dependency is rebuilt in this run
+/// is rebuilt after it. Plans and errors come in package order.
+fn plan_all(ctx: &Ctx, packages: &[Package], workers: usize) -> Result<Vec<Plan>, Error> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let planned: Vec<Mutex<Option<Result<Plan, Error>>>> =
+        packages.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.clamp(1, packages.len().max(1)) {
+            scope.spawn(|| {
+                let mut stat_cache = crate::fresh::Cache::default();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if i >= packages.len() || kbuild_install::process::interrupted() {
+                        break;
+                    }
+                    let p = plan(ctx, &packages[i], &mut stat_cache, false);
+                    *planned[i].lock().expect("plan slot") = Some(p);
+                }
+            });
+        }
+    });
+    kbuild_install::process::check_interrupted()?;
     let mut stat_cache = crate::fresh::Cache::default();
     let mut plans = Vec::new();
     let mut rebuilt: BTreeSet<String> = BTreeSet::new();
-    for pkg in packages {
-        let force = pkg.depends.iter().any(|d| rebuilt.contains(d));
-        let p = plan(ctx, pkg, &mut stat_cache, force)?;
+    for (pkg, slot) in packages.iter().zip(planned) {
+        let mut p = slot
+            .into_inner()
+            .expect("plan slot")
+            .expect("every package planned")?;
+        if matches!(p, Plan::Fresh(_)) && pkg.depends.iter().any(|d| rebuilt.contains(d)) {
+            p = plan(ctx, pkg, &mut stat_cache, true)?;
+        }
         if matches!(p, Plan::Build(_)) {
             rebuilt.insert(pkg.name.clone());
         }

@@ -39,6 +39,9 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         if let Some(v) = &job.variant {
             h.update(v.dir.as_str().as_bytes());
         }
+        if let Some(p) = &ctx.probes {
+            h.update(p.compiler_mk.as_str().as_bytes());
+        }
         format!("{:x}", h.finalize())
     };
     let layout_file = dir.join("layout");
@@ -55,6 +58,12 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         let module_dirs = job.write_dirs.clone();
         let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
         let mut overrides = BTreeMap::new();
+        if let Some(p) = &ctx.probes {
+            overrides.insert(
+                super::probes::COMPILER_MK.to_string(),
+                p.compiler_mk.clone(),
+            );
+        }
         if let Some(v) = &job.variant {
             // The variant's configuration, as the C code and make see it.
             overrides.insert("include/config".to_string(), v.dir.join("include/config"));

@@ -126,9 +126,21 @@ fn locate(target: Target) -> TestKernel {
 }
 
 fn locate_series(target: Target, series: &str) -> TestKernel {
+    locate_profile(target, series, "")
+}
+
+/// A test kernel with a configuration profile on top (`scripts/test-kernel <target> 6.12
+/// <profile>`, tests/kernel/profile-<profile>.config), built once if needed; not one of the
+/// suite's kernels (the OpenWrt acceptance runs build it).
+pub fn profile_kernel(target: Target, profile: &str) -> TestKernel {
+    locate_profile(target, "6.12", profile)
+}
+
+fn locate_profile(target: Target, series: &str, profile: &str) -> TestKernel {
     let out = Command::new(repo().join("scripts/test-kernel"))
         .arg(target.name())
         .arg(series)
+        .args((!profile.is_empty()).then_some(profile))
         .output()
         .expect("run scripts/test-kernel");
     assert!(

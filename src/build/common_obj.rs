@@ -1,0 +1,96 @@
+//! `.module-common.o` made once per configuration rather than once per package.
+//!
+//! Since 6.10 every module links `scripts/module-common.c`, compiled by
+//! `scripts/Makefile.modfinal` into `<M>/.module-common.o` (6.13+: `<MO>/.module-common.o`).
+//! The in-tree build compiles it once; each package's make would compile it again. After a
+//! package's make, extmod keeps the object and its `.cmd` file in `D/.common/<key>/`; before
+//! the next package's make of the same configuration and directory, it copies them into place.
+//! Kbuild still decides: `if_changed` rebuilds the object when the recorded command differs
+//! from the one it would run or a recorded prerequisite is newer. Without debug information
+//! only: its `DW_AT_comp_dir` names the overlay of the package that compiled it, so a shared
+//! object would differ from the one the package's own make writes.
+
+use super::ctx::Ctx;
+use super::job::{Job, Unit};
+use camino::Utf8PathBuf;
+use sha2::{Digest, Sha256};
+
+const OBJ: &str = ".module-common.o";
+const CMD: &str = "..module-common.o.cmd";
+
+/// Where the unit's make writes `.module-common.o`, and the cache entry for it; `None` when
+/// the object is not shared (debug information, or a kernel without it).
+fn places(ctx: &Ctx, job: &Job, unit: &Unit) -> Option<(Utf8PathBuf, Utf8PathBuf)> {
+    if ctx.k.value("DEBUG_INFO") == Some("y") {
+        return None;
+    }
+    if let Some(v) = &job.variant {
+        let config = std::fs::read_to_string(v.dir.join(".config")).ok()?;
+        if config.lines().any(|l| l == "CONFIG_DEBUG_INFO=y") {
+            return None;
+        }
+    }
+    let dir = ctx
+        .generation
+        .common_object_dir(&ctx.out(&job.pkg.name), &unit.dir);
+    let rel = dir
+        .strip_prefix(ctx.out(&job.pkg.name))
+        .map(|r| r.as_str().to_string())
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(
+        job.variant
+            .as_ref()
+            .map_or("", |v| v.dir.as_str())
+            .as_bytes(),
+    );
+    h.update(b"\0");
+    h.update(rel.as_bytes());
+    let key = format!("{:x}", h.finalize());
+    Some((dir, ctx.objdir.join(".common").join(&key[..16])))
+}
+
+/// Before a unit's make: the shared object and its command record, when there is one and the
+/// package has none of its own.
+pub(super) fn take(ctx: &Ctx, job: &Job, unit: &Unit) {
+    let Some((dir, cached)) = places(ctx, job, unit) else {
+        return;
+    };
+    if dir.join(OBJ).exists() || !cached.join(OBJ).is_file() || !cached.join(CMD).is_file() {
+        return;
+    }
+    // Copies, not links: a make that rebuilds the object writes into the file it finds. The
+    // record first: an object without it is rebuilt by make, never trusted.
+    for f in [CMD, OBJ] {
+        if std::fs::copy(cached.join(f), dir.join(f)).is_err() {
+            let _ = std::fs::remove_file(dir.join(CMD));
+            return;
+        }
+    }
+}
+
+/// After a unit's make succeeded: keep the object for the next packages, once.
+pub(super) fn keep(ctx: &Ctx, job: &Job, unit: &Unit) {
+    let Some((dir, cached)) = places(ctx, job, unit) else {
+        return;
+    };
+    if cached.join(OBJ).is_file() || !dir.join(OBJ).is_file() || !dir.join(CMD).is_file() {
+        return;
+    }
+    let Some(parent) = cached.parent() else {
+        return;
+    };
+    if std::fs::create_dir_all(parent).is_err() {
+        return;
+    }
+    let Ok(tmp) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
+        return;
+    };
+    let copied = [CMD, OBJ]
+        .iter()
+        .all(|f| std::fs::copy(dir.join(f), tmp.path().join(f)).is_ok());
+    // Another package may have kept its own meanwhile: the first one stays.
+    if copied && std::fs::rename(tmp.path(), &cached).is_ok() {
+        let _ = tmp.keep();
+    }
+}
