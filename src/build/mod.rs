@@ -52,10 +52,12 @@ pub fn run(
     } else {
         Some(lock(&ctx, &packages, opts.no_wait)?)
     };
-    let workers = opts
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-    let plans = plan_all(&ctx, &packages, workers)?;
+    // One set of slots for planning (Kconfig and Kbuild's evaluation run there) and building.
+    let slots = slots::Slots::new(opts.jobs, opts.inherited_jobserver.clone())?;
+    emit(Event::Jobs {
+        what: slots.what.clone(),
+    });
+    let plans = plan_all(&ctx, &packages, &slots)?;
     emit(Event::Planned {
         packages: plans.len(),
         to_build: plans.iter().filter(|p| matches!(p, Plan::Build(_))).count(),
@@ -63,7 +65,7 @@ pub fn run(
     if opts.dry_run {
         return Ok(dry_run(&ctx, plans, emit));
     }
-    let results = execute(&ctx, plans, opts, emit)?;
+    let results = execute(&ctx, plans, slots, opts, emit)?;
     if let Some(root) = &install_root {
         install_all(&ctx, root, &results)?;
     }
@@ -174,15 +176,15 @@ fn lock(ctx: &Ctx, packages: &[Package], no_wait: bool) -> Result<crate::runlock
     Ok(locks)
 }
 
-/// Plan every package, `workers` at a time (a plan may run Kconfig for a variant and make for
-/// Kbuild's module map: one process each). A package whose dependency is rebuilt in this run
-/// is rebuilt after it. Plans and errors come in package order.
-fn plan_all(ctx: &Ctx, packages: &[Package], workers: usize) -> Result<Vec<Plan>, Error> {
+/// Plan every package, each holding a make slot (a plan may run Kconfig for a variant and make
+/// for Kbuild's module map). A package whose dependency is rebuilt in this run is rebuilt after
+/// it. Plans and errors come in package order.
+fn plan_all(ctx: &Ctx, packages: &[Package], slots: &slots::Slots) -> Result<Vec<Plan>, Error> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let planned: Vec<Mutex<Option<Result<Plan, Error>>>> =
         packages.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
-        for _ in 0..workers.clamp(1, packages.len().max(1)) {
+        for _ in 0..slots.workers.clamp(1, packages.len().max(1)) {
             scope.spawn(|| {
                 let mut stat_cache = crate::fresh::Cache::default();
                 loop {
@@ -190,7 +192,14 @@ fn plan_all(ctx: &Ctx, packages: &[Package], workers: usize) -> Result<Vec<Plan>
                     if i >= packages.len() || kbuild_install::process::interrupted() {
                         break;
                     }
-                    let p = plan(ctx, &packages[i], &mut stat_cache, false);
+                    let p = match slots.acquire() {
+                        Ok(t) => {
+                            let p = plan(ctx, &packages[i], &mut stat_cache, false);
+                            slots.release(t);
+                            p
+                        }
+                        Err(e) => Err(KError::io("take a make slot for", "make", e).into()),
+                    };
                     *planned[i].lock().expect("plan slot") = Some(p);
                 }
             });

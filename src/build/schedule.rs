@@ -34,13 +34,10 @@ struct Shared<'a> {
 pub(super) fn execute(
     ctx: &Ctx,
     plans: Vec<Plan>,
+    slots: Slots,
     opts: &BuildOptions,
     emit: &(dyn Fn(Event) + Sync),
 ) -> Result<Vec<PackageResult>, Error> {
-    let slots = Slots::new(opts.jobs, opts.inherited_jobserver.clone())?;
-    emit(Event::Jobs {
-        what: slots.what.clone(),
-    });
     let pos: HashMap<String, usize> = plans
         .iter()
         .enumerate()
