@@ -11,6 +11,8 @@
 //! otherwise. New answers are written by the makes that parse the top Makefile (`$(obj)`
 //! empty; one file per make level, so no two processes write one file) into the package's
 //! `probes.new<level>`, which extmod merges into `D/.probes/<key>.mk` after the make. The
+//! package's own directory (in the flags since 6.13: `-fmacro-prefix-map=$(srcroot)/=`) is a
+//! placeholder in keys and answers, put back for the package that reads them. The file's
 //! key covers what the command text does not name: the Kbuild tree, `PATH`, and the compiler
 //! and linker binaries found on it (path, size, modification time). The answers are Kbuild's,
 //! so the flags, `.cmd` files and modules are the same as without the cache (tested).
@@ -33,18 +35,22 @@ const REAL: &str = "__extmod_try_run_real = $(shell set -e;";
 const CACHED: &str = r#"
 # --- Added by extmod: try-run answers cached across the makes of one build ---------------------
 # The probe's key is its expanded command and both answers; an entry is used only when its key
-# is the same text. New answers of a make without $(obj) (the top Makefile's, one process per
-# make level at a time) go to $(EXTMOD_PROBES_OUT)<level>, key and answer in one write.
+# is the same text. The package's own directory ($(EXTMOD_PROBES_PKG), in flags since 6.13) is
+# @pkg@/ in keys and answers. New answers of a make without $(obj) (the top Makefile's, one
+# process per make level at a time) go to $(EXTMOD_PROBES_OUT)<level>, key and answer in one
+# write.
 -include $(EXTMOD_PROBES)
-__extmod_probe_key = $(1) ~~ $(2) ~~ $(3)
+__extmod_probe_out = $(if $(EXTMOD_PROBES_PKG),$(subst $(EXTMOD_PROBES_PKG),@pkg@/,$(1)),$(1))
+__extmod_probe_in = $(if $(EXTMOD_PROBES_PKG),$(subst @pkg@/,$(EXTMOD_PROBES_PKG),$(1)),$(1))
+__extmod_probe_key = $(call __extmod_probe_out,$(1) ~~ $(2) ~~ $(3))
 define __extmod_probe_nl
 
 
 endef
 __extmod_probe_eq = $(and $(findstring $(1),$(2)),$(findstring $(2),$(1)))
 __extmod_probe_find = $(firstword $(foreach n,$(__extmod_probe_ids),$(if $(call __extmod_probe_eq,$(value __extmod_probe_k$(n)),$(1)),$(n))))
-__extmod_probe_new = $(if $(EXTMOD_PROBES_OUT),$(if $(obj),,$(file >>$(EXTMOD_PROBES_OUT)$(MAKELEVEL),K $(2)$(__extmod_probe_nl)V $(1))))$(1)
-__extmod_probe_run = $(if $(1),$(value __extmod_probe_v$(1)),$(call __extmod_probe_new,$(call __extmod_try_run_real,$(3),$(4),$(5)),$(2)))
+__extmod_probe_new = $(if $(EXTMOD_PROBES_OUT),$(if $(obj),,$(file >>$(EXTMOD_PROBES_OUT)$(MAKELEVEL),K $(2)$(__extmod_probe_nl)V $(call __extmod_probe_out,$(1)))))$(1)
+__extmod_probe_run = $(if $(1),$(call __extmod_probe_in,$(value __extmod_probe_v$(1))),$(call __extmod_probe_new,$(call __extmod_try_run_real,$(3),$(4),$(5)),$(2)))
 try-run = $(call __extmod_probe_run,$(call __extmod_probe_find,$(call __extmod_probe_key,$(1),$(2),$(3))),$(call __extmod_probe_key,$(1),$(2),$(3)),$(1),$(2),$(3))
 "#;
 
@@ -118,6 +124,7 @@ impl Probes {
         vec![
             ("EXTMOD_PROBES", self.cache.to_string()),
             ("EXTMOD_PROBES_OUT", pkg_dir.join(NEW).to_string()),
+            ("EXTMOD_PROBES_PKG", format!("{pkg_dir}/")),
         ]
     }
 
