@@ -141,7 +141,7 @@ fn context(
             path: objdir.clone(),
             source: e,
         })?;
-        probes::Probes::new(&objdir, &k.layers, &cc)?
+        probes::Probes::new(&objdir, &k.layers, &k.identity, &cc)?
     };
     let ctx = Ctx {
         probes,

@@ -13,7 +13,7 @@
 //! `probes.new<level>`, which extmod merges into `D/.probes/<key>.mk` after the make. The
 //! package's own directory (in the flags since 6.13: `-fmacro-prefix-map=$(srcroot)/=`) is a
 //! placeholder in keys and answers, put back for the package that reads them. The file's
-//! key covers what the command text does not name: the Kbuild tree, `PATH`, and the compiler
+//! key covers what the command text does not name: the Kbuild tree (path and content), `PATH`, and the compiler
 //! and linker binaries found on it (path, size, modification time). The answers are Kbuild's,
 //! so the flags, `.cmd` files and modules are the same as without the cache (tested).
 
@@ -70,6 +70,7 @@ impl Probes {
     pub(super) fn new(
         objdir: &Utf8Path,
         layers: &[Utf8PathBuf],
+        identity: &str,
         compiler: &str,
     ) -> Result<Option<Probes>, KError> {
         let Some(original) = layers
@@ -88,6 +89,7 @@ impl Probes {
         std::fs::create_dir_all(&dir).map_err(|e| KError::io("create", &dir, e))?;
         let mut h = Sha256::new();
         h.update(ours.as_bytes());
+        h.update(identity.as_bytes());
         for l in layers {
             h.update(l.as_str().as_bytes());
             h.update(b"\0");
