@@ -84,6 +84,8 @@ impl PackageResult {
 
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// A package was planned (fresh, refused, or a job: Kconfig and Kbuild's evaluation ran).
+    Planning { done: usize, total: usize },
     /// The plan: how many packages, how many need make.
     Planned { packages: usize, to_build: usize },
     /// How make jobs are shared (extmod's own jobserver, or make's).

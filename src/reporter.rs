@@ -33,6 +33,8 @@ pub struct Reporter {
     multi: MultiProgress,
     overall: Mutex<Option<ProgressBar>>,
     bars: Mutex<HashMap<String, ProgressBar>>,
+    /// Planning: its bar (terminal), or when a plain line last told how far it is.
+    planning: Mutex<(Option<ProgressBar>, Option<std::time::Instant>)>,
 }
 
 fn verb(status: Status) -> &'static str {
@@ -100,6 +102,7 @@ impl Reporter {
             multi,
             overall: Mutex::new(None),
             bars: Mutex::new(HashMap::new()),
+            planning: Mutex::new((None, None)),
         }
     }
 
@@ -117,7 +120,37 @@ impl Reporter {
 
     pub fn event(&self, e: Event) {
         match e {
+            Event::Planning { done, total } => {
+                let mut p = self.planning.lock().unwrap();
+                if self.mode == Mode::Bars {
+                    let bar = p.0.get_or_insert_with(|| {
+                        let b = self.multi.add(ProgressBar::new(total as u64));
+                        b.set_style(
+                            ProgressStyle::with_template(
+                                "{prefix:>12.cyan.bold} [{bar:30}] {pos}/{len} packages, {elapsed}",
+                            )
+                            .unwrap()
+                            .progress_chars("=> "),
+                        );
+                        b.set_prefix("Planning");
+                        b
+                    });
+                    bar.set_position(done as u64);
+                } else {
+                    // A line every 10 s of a long planning (variants for hundreds of packages).
+                    let now = std::time::Instant::now();
+                    let last = *p.1.get_or_insert(now);
+                    if now.duration_since(last) >= Duration::from_secs(10) {
+                        p.1 = Some(now);
+                        self.line(&format!("{:>12} {done}/{total} packages", "Planning"));
+                    }
+                }
+            }
             Event::Planned { packages, to_build } => {
+                if let Some(b) = self.planning.lock().unwrap().0.take() {
+                    b.finish_and_clear();
+                    self.multi.remove(&b);
+                }
                 if self.mode == Mode::Bars {
                     let bar = self.multi.add(ProgressBar::new(packages as u64));
                     bar.set_style(

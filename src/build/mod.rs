@@ -57,7 +57,7 @@ pub fn run(
     emit(Event::Jobs {
         what: slots.what.clone(),
     });
-    let plans = plan_all(&ctx, &packages, &slots)?;
+    let plans = plan_all(&ctx, &packages, &slots, emit)?;
     emit(Event::Planned {
         packages: plans.len(),
         to_build: plans.iter().filter(|p| matches!(p, Plan::Build(_))).count(),
@@ -179,8 +179,14 @@ fn lock(ctx: &Ctx, packages: &[Package], no_wait: bool) -> Result<crate::runlock
 /// Plan every package, each holding a make slot (a plan may run Kconfig for a variant and make
 /// for Kbuild's module map). A package whose dependency is rebuilt in this run is rebuilt after
 /// it. Plans and errors come in package order.
-fn plan_all(ctx: &Ctx, packages: &[Package], slots: &slots::Slots) -> Result<Vec<Plan>, Error> {
+fn plan_all(
+    ctx: &Ctx,
+    packages: &[Package],
+    slots: &slots::Slots,
+    emit: &(dyn Fn(Event) + Sync),
+) -> Result<Vec<Plan>, Error> {
     let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
     let planned: Vec<Mutex<Option<Result<Plan, Error>>>> =
         packages.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
@@ -201,6 +207,10 @@ fn plan_all(ctx: &Ctx, packages: &[Package], slots: &slots::Slots) -> Result<Vec
                         Err(e) => Err(KError::io("take a make slot for", "make", e).into()),
                     };
                     *planned[i].lock().expect("plan slot") = Some(p);
+                    emit(Event::Planning {
+                        done: done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1,
+                        total: packages.len(),
+                    });
                 }
             });
         }
