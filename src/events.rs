@@ -49,6 +49,8 @@ pub struct PackageResult {
 /// A built package's time by phase, from the moments Kbuild printed its progress lines.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Phases {
+    /// Planning: Kconfig for the package's variant and Kbuild's evaluation of its Makefiles.
+    pub plan: f64,
     /// Overlay, variant and modpost set-up before the first make.
     pub setup: f64,
     /// From make's start to its first compile: Makefile parsing and compiler probes.

@@ -25,6 +25,8 @@ pub(super) struct Job {
     /// Inputs whose content changed since the last build (real paths): their dependent outputs
     /// are removed before make runs.
     pub(super) changed: Vec<String>,
+    /// How long planning took (Kconfig for its variant, Kbuild's evaluation).
+    pub(super) plan_seconds: f64,
 }
 
 /// What planning decided for a package.

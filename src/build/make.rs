@@ -77,7 +77,10 @@ pub(super) fn build_package(
     // Providers chained into this package: its dependencies', then its own earlier units'.
     let deps_extra = extra;
     let mut extra = extra.to_vec();
-    let mut phases = Phases::default();
+    let mut phases = Phases {
+        plan: job.plan_seconds,
+        ..Phases::default()
+    };
     let outcome = (|| -> Result<Vec<InstalledModule>, String> {
         let setup_start = Instant::now();
         ctx.generation_vars(job)?;

@@ -200,8 +200,12 @@ fn plan_all(
                     }
                     let p = match slots.acquire() {
                         Ok(t) => {
-                            let p = plan(ctx, &packages[i], &mut stat_cache, false);
+                            let start = std::time::Instant::now();
+                            let mut p = plan(ctx, &packages[i], &mut stat_cache, false);
                             slots.release(t);
+                            if let Ok(Plan::Build(job)) = &mut p {
+                                job.plan_seconds = start.elapsed().as_secs_f64();
+                            }
                             p
                         }
                         Err(e) => Err(KError::io("take a make slot for", "make", e).into()),

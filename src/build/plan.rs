@@ -152,6 +152,7 @@ fn job(
         variant,
         write_dirs,
         changed,
+        plan_seconds: 0.0,
     })
 }
 
