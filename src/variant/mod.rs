@@ -333,7 +333,10 @@ pub fn generate(inp: &Inputs, sets: &[KconfigReq]) -> Result<Variant, Error> {
             m,
             &apply(&config, &sorted),
             &t,
-            &["olddefconfig", "syncconfig"],
+            // One run: olddefconfig also writes auto.conf, autoconf.h, rustc_cfg and the
+            // per-symbol files when there is no auto.conf yet (a fresh directory), as
+            // syncconfig would; conf's toolchain probes run once rather than twice.
+            &["olddefconfig"],
         );
         (base.join().expect("base Kconfig thread"), made)
     });
