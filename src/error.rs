@@ -11,6 +11,9 @@ pub mod code {
     pub const BUILT_IN: u8 = 22;
     pub const NEEDS_VARIANT: u8 = 23;
     pub const BAD_PACKAGES: u8 = 24;
+    /// A module needs exports that neither the base kernel, its package nor its dependencies
+    /// provide (found by modpost).
+    pub const MISSING_EXPORTS: u8 = 26;
     pub const BAD_PATH: u8 = 25;
     pub const NOT_APPLIED: u8 = 27;
     pub const KERNEL_AFFECTING: u8 = 28;

@@ -1017,7 +1017,31 @@ fn real_packages(tree: &Path, deb: &OpenwrtTarget) {
     let reference = base.join("ref");
     let _ = std::fs::remove_dir_all(&reference);
     std::fs::create_dir_all(&reference).unwrap();
-    std::os::unix::fs::symlink(deb.headers.join(".config"), reference.join(".config")).unwrap();
+    // The kernel's .config as OpenWrt's KCONFIG merge leaves it for the packages built: each
+    // one's entries appended (a bare symbol as `=m`), so that KernelPackage's empty-package
+    // test sees what the packages built through configuration variants have enabled.
+    let mut config = std::fs::read_to_string(deb.headers.join(".config")).unwrap();
+    let pkgs: toml::Value =
+        toml::from_str(&std::fs::read_to_string(work.join("packages.toml")).unwrap()).unwrap();
+    for p in pkgs["package"].as_array().into_iter().flatten() {
+        let built = results
+            .get(p["name"].as_str().unwrap())
+            .is_some_and(|(o, _)| o == "built");
+        for k in p["kconfig"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|_| built)
+        {
+            let k = k.as_str().unwrap();
+            config.push_str(&if k.contains('=') {
+                format!("{k}\n")
+            } else {
+                format!("{k}=m\n")
+            });
+        }
+    }
+    std::fs::write(reference.join(".config"), config).unwrap();
     std::fs::copy(
         deb.modules.join("modules.builtin"),
         reference.join("modules.builtin"),

@@ -396,3 +396,54 @@ fn module_with_parts_in_subdirectories_builds() {
         "the source tree was modified"
     );
 }
+
+/// A package is compiled with its dependencies' configuration too, as OpenWrt merges every
+/// selected package's KCONFIG: squashfs.ko of a package that only asks for CONFIG_SQUASHFS,
+/// but depends on one that sets CONFIG_SQUASHFS_XZ=y (and builds nothing itself), has the
+/// XZ decompressor; without the dependency it has not.
+#[test]
+fn a_package_is_built_with_its_dependencies_configuration() {
+    test_kernel();
+    let tmp = common::tempdir("extmod-variant-deps-");
+    let (d, out) = (tmp.path().join("objs"), tmp.path().join("out"));
+    let pf = tmp.path().join("p.toml");
+    std::fs::write(
+        &pf,
+        "[[package]]\nname = \"xz-option\"\nkconfig = [\"CONFIG_SQUASHFS_XZ=y\"]\nfiles = [\"lib/crc7.ko\"]\n\n\
+         [[package]]\nname = \"squashfs\"\nkconfig = [\"CONFIG_SQUASHFS\"]\ndepends = [\"xz-option\"]\n",
+    )
+    .unwrap();
+    let (code, doc, err) = build(&d, &out, &["--packages", pf.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let p = package(&doc, "squashfs");
+    assert_eq!(p["status"], "built", "{p}");
+    assert!(
+        p["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n.as_str().unwrap()
+                == "built with its dependencies' configuration: CONFIG_SQUASHFS_XZ=y"),
+        "{p}"
+    );
+    let ours = d.join("squashfs/tree/fs/squashfs/squashfs.ko");
+    assert!(
+        has_symbol(&ours, "xz_dec_run"),
+        "built without CONFIG_SQUASHFS_XZ"
+    );
+
+    // The same package alone: the base configuration (no XZ).
+    let pf2 = tmp.path().join("alone.toml");
+    std::fs::write(
+        &pf2,
+        "[[package]]\nname = \"squashfs\"\nkconfig = [\"CONFIG_SQUASHFS\"]\n",
+    )
+    .unwrap();
+    let (d2, out2) = (tmp.path().join("objs2"), tmp.path().join("out2"));
+    let (code, _, err) = build(&d2, &out2, &["--packages", pf2.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!has_symbol(
+        &d2.join("squashfs/tree/fs/squashfs/squashfs.ko"),
+        "xz_dec_run"
+    ));
+}

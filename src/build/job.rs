@@ -27,6 +27,8 @@ pub(super) struct Job {
     pub(super) changed: Vec<String>,
     /// How long planning took (Kconfig for its variant, Kbuild's evaluation).
     pub(super) plan_seconds: f64,
+    /// Its dependencies, transitively, nearest first (their exports are chained).
+    pub(super) all_depends: Vec<String>,
 }
 
 /// What planning decided for a package.

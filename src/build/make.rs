@@ -6,6 +6,7 @@ use super::job::{Job, Unit};
 use super::prepare::{MODPOST, prepare_tree, unit_symvers};
 use super::slots::Slots;
 use super::stage::stage;
+use crate::error::code;
 use crate::events::{Event, PackageResult, Phases, Status};
 use crate::modinst::InstalledModule;
 use camino::{Utf8Path, Utf8PathBuf};
@@ -77,6 +78,7 @@ pub(super) fn build_package(
     // Providers chained into this package: its dependencies', then its own earlier units'.
     let deps_extra = extra;
     let mut extra = extra.to_vec();
+    let mut missing_exports = None;
     let mut phases = Phases {
         plan: job.plan_seconds,
         ..Phases::default()
@@ -84,7 +86,7 @@ pub(super) fn build_package(
     let outcome = (|| -> Result<Vec<InstalledModule>, String> {
         let setup_start = Instant::now();
         ctx.generation_vars(job)?;
-        prepare_tree(ctx, job).map_err(|e| e.to_string())?;
+        prepare_tree(ctx, job, deps_extra).map_err(|e| e.to_string())?;
         phases.setup = setup_start.elapsed().as_secs_f64();
         let mut log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
@@ -125,6 +127,11 @@ pub(super) fn build_package(
                 }
                 other => {
                     let why = explain_failure(&text, ctx);
+                    if other.is_some() && only_undefined_symbols(&text) {
+                        // Compiled, but linked against exports nobody provides: a missing
+                        // dependency, or a configuration that changes another module.
+                        missing_exports = Some(why.clone());
+                    }
                     let st = other.map_or("did not finish".to_string(), |s| s.to_string());
                     return Err(format!("`make` failed ({st}): {why}"));
                 }
@@ -150,6 +157,14 @@ pub(super) fn build_package(
             r.phases = Some(phases);
             r.notes.extend(ctx.installer.notes.iter().cloned());
             r.notes.extend(ctx.k.btf_note());
+        }
+        Err(_) if missing_exports.is_some() => {
+            r.status = Status::Refused;
+            r.refusal = Some(super::ctx::refusal(
+                code::MISSING_EXPORTS,
+                missing_exports.unwrap_or_default(),
+                "add the package that ships the module exporting them to `depends`; if its module is built without the options this package sets, that package needs them too",
+            ));
         }
         Err(e) => r.error = Some(e),
     }
@@ -270,7 +285,7 @@ pub(super) fn run_make(
 }
 
 /// Whether modpost failed only for symbols that modules of `pending` units export in the base
-/// build's Module.symvers.
+/// build's Module.symvers, or a pending unit builds a module the base did not make.
 pub(super) fn needs_later_unit(
     ctx: &Ctx,
     log: &str,
@@ -296,15 +311,20 @@ pub(super) fn needs_later_unit(
     let Ok(base) = std::fs::read_to_string(ctx.k.path.join("Module.symvers")) else {
         return false;
     };
+    let mut base_modules = BTreeSet::new();
     let exported_later: BTreeSet<&str> = base
         .lines()
         .filter_map(|l| {
             let mut f = l.split('\t');
             let (_, sym, module) = (f.next()?, f.next()?, f.next()?);
+            base_modules.insert(module);
             later.contains(module).then_some(sym)
         })
         .collect();
+    // A later module the base build did not make (the package's variant adds it) may export
+    // anything: modpost tells after it is built.
     needed.iter().all(|s| exported_later.contains(s))
+        || later.iter().any(|m| !base_modules.contains(m.as_str()))
 }
 
 /// Kbuild's short-format progress lines (`  CC [M]  drivers/net/dummy.o`).
@@ -312,6 +332,19 @@ pub(super) fn is_progress_line(l: &str) -> bool {
     static RE: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"^\s{2}[A-Z][A-Z0-9_]{1,8}(\s\[M\])?\s+\S").unwrap());
     RE.is_match(l)
+}
+
+/// Whether make failed only in modpost, for undefined symbols (everything compiled).
+fn only_undefined_symbols(log: &str) -> bool {
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR: ") || l.contains(": error: ") || l.contains("Error 1"))
+        .filter(|l| !l.starts_with("make"))
+        .collect();
+    !errors.is_empty()
+        && errors
+            .iter()
+            .all(|l| l.contains("ERROR: modpost: \"") && l.ends_with("undefined!"))
 }
 
 /// A failure in words: modpost's complaints explained, else the first compiler errors.

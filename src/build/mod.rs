@@ -187,6 +187,9 @@ fn plan_all(
 ) -> Result<Vec<Plan>, Error> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
+    let closures: Vec<Vec<&Package>> = packages.iter().map(|p| closure(packages, p)).collect();
+    let inherited: Vec<Vec<crate::package::KconfigReq>> =
+        closures.iter().map(|c| inherited(c)).collect();
     let planned: Vec<Mutex<Option<Result<Plan, Error>>>> =
         packages.iter().map(|_| Mutex::new(None)).collect();
     std::thread::scope(|scope| {
@@ -201,7 +204,8 @@ fn plan_all(
                     let p = match slots.acquire() {
                         Ok(t) => {
                             let start = std::time::Instant::now();
-                            let mut p = plan(ctx, &packages[i], &mut stat_cache, false);
+                            let mut p =
+                                plan(ctx, &packages[i], &inherited[i], &mut stat_cache, false);
                             slots.release(t);
                             if let Ok(Plan::Build(job)) = &mut p {
                                 job.plan_seconds = start.elapsed().as_secs_f64();
@@ -223,13 +227,18 @@ fn plan_all(
     let mut stat_cache = crate::fresh::Cache::default();
     let mut plans = Vec::new();
     let mut rebuilt: BTreeSet<String> = BTreeSet::new();
-    for (pkg, slot) in packages.iter().zip(planned) {
+    for (((pkg, slot), inherited), deps) in
+        packages.iter().zip(planned).zip(&inherited).zip(&closures)
+    {
         let mut p = slot
             .into_inner()
             .expect("plan slot")
             .expect("every package planned")?;
         if matches!(p, Plan::Fresh(_)) && pkg.depends.iter().any(|d| rebuilt.contains(d)) {
-            p = plan(ctx, pkg, &mut stat_cache, true)?;
+            p = plan(ctx, pkg, inherited, &mut stat_cache, true)?;
+        }
+        if let Plan::Build(job) = &mut p {
+            job.all_depends = deps.iter().map(|d| d.name.clone()).collect();
         }
         if matches!(p, Plan::Build(_)) {
             rebuilt.insert(pkg.name.clone());
@@ -237,6 +246,36 @@ fn plan_all(
         plans.push(p);
     }
     Ok(plans)
+}
+
+/// A package's dependencies, transitively, nearest first.
+fn closure<'a>(packages: &'a [Package], pkg: &Package) -> Vec<&'a Package> {
+    let mut seen: BTreeSet<&str> = BTreeSet::from([pkg.name.as_str()]);
+    let mut queue: std::collections::VecDeque<&str> =
+        pkg.depends.iter().map(String::as_str).collect();
+    let mut out = Vec::new();
+    while let Some(name) = queue.pop_front() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let Some(dep) = packages.iter().find(|p| p.name == name) else {
+            continue;
+        };
+        out.push(dep);
+        queue.extend(dep.depends.iter().map(String::as_str));
+    }
+    out
+}
+
+/// The kconfig entries of a package's dependencies, transitively (nearest first, each symbol
+/// once): the configuration its modules are built with too.
+fn inherited(deps: &[&Package]) -> Vec<crate::package::KconfigReq> {
+    let mut symbols = BTreeSet::new();
+    deps.iter()
+        .flat_map(|d| d.kconfig.iter())
+        .filter(|r| symbols.insert(r.symbol.clone()))
+        .cloned()
+        .collect()
 }
 
 /// `--dry-run`: what would be built, with make's command lines; nothing is written.

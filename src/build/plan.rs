@@ -13,9 +13,12 @@ use kbuild_install::Error as KError;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
-pub(super) fn package_key(ctx: &Ctx, pkg: &Package) -> String {
+pub(super) fn package_key(ctx: &Ctx, pkg: &Package, inherited: &[KconfigReq]) -> String {
     let mut h = Sha256::new();
     h.update(serde_json::to_vec(pkg).expect("package serializes"));
+    for r in inherited {
+        h.update(format!("{r}\0").as_bytes());
+    }
     h.update(ctx.k.identity.as_bytes());
     h.update(ctx.k.path.as_str().as_bytes());
     h.update(ctx.src.path.as_str().as_bytes());
@@ -39,6 +42,8 @@ struct Requests {
     /// Tristate symbols whose modules the package builds (checked against the base build when
     /// the base already builds them).
     module_syms: Vec<String>,
+    /// Symbols of `needs_variant` that come from the package's dependencies.
+    inherited: BTreeSet<String>,
 }
 
 /// Why a package is not built, when planning decides it.
@@ -59,15 +64,16 @@ impl From<Refusal> for Stop {
 pub(super) fn plan(
     ctx: &Ctx,
     pkg: &Package,
+    inherited: &[KconfigReq],
     cache: &mut crate::fresh::Cache,
     force: bool,
 ) -> Result<Plan, Error> {
-    let key = package_key(ctx, pkg);
+    let key = package_key(ctx, pkg, inherited);
     let changed = match last_build(ctx, pkg, &key, cache, force) {
         Ok(fresh) => return Ok(Plan::Fresh(fresh)),
         Err(changed) => changed,
     };
-    match job(ctx, pkg, key, changed) {
+    match job(ctx, pkg, inherited, key, changed) {
         Ok(job) => Ok(Plan::Build(job)),
         Err(Ok(Stop::Refused(r))) => {
             let mut res = PackageResult::new(&pkg.name, Status::Refused);
@@ -125,10 +131,12 @@ fn last_build(
 fn job(
     ctx: &Ctx,
     pkg: &Package,
+    inherited: &[KconfigReq],
     key: String,
     changed: Vec<String>,
 ) -> Result<Job, Result<Stop, Error>> {
     let mut req = requests(ctx, pkg).map_err(|r| Ok(r.into()))?;
+    inherit(ctx, &mut req, pkg, inherited);
     let variant = if req.needs_variant.is_empty() {
         None
     } else {
@@ -153,7 +161,58 @@ fn job(
         write_dirs,
         changed,
         plan_seconds: 0.0,
+        all_depends: Vec::new(),
     })
+}
+
+/// The configuration of the package's dependencies (their kconfig, transitively) joins its
+/// own: its modules are compiled against the configuration its dependencies' modules are
+/// (OpenWrt merges every selected package's KCONFIG into one configuration). Entries this
+/// kernel does not have, or that the base already satisfies, add nothing; the package's own
+/// setting of a symbol wins.
+fn inherit(ctx: &Ctx, req: &mut Requests, pkg: &Package, inherited: &[KconfigReq]) {
+    let index = ctx.index();
+    let own: BTreeSet<&str> = pkg.kconfig.iter().map(|r| r.symbol.as_str()).collect();
+    let mut added = Vec::new();
+    for r in inherited {
+        let sym = &r.symbol;
+        let (base, ty) = (ctx.k.value(sym), index.sym_type(sym));
+        if own.contains(sym.as_str())
+            || (ty.is_none() && base.is_none())
+            || req.needs_variant.iter().any(|n| n.symbol == *sym)
+        {
+            continue;
+        }
+        let tristate = ty == Some(SymType::Tristate);
+        let wanted = r
+            .value
+            .clone()
+            .unwrap_or_else(|| if tristate { "m".into() } else { "y".into() });
+        // A dependency's module that the base builds in: its code is there already.
+        if r.value.is_none() && base == Some("y") {
+            continue;
+        }
+        let satisfied = if wanted == "n" {
+            base.is_none()
+        } else {
+            base == Some(wanted.as_str())
+        };
+        if !satisfied {
+            let n = KconfigReq {
+                symbol: sym.clone(),
+                value: Some(wanted),
+            };
+            added.push(n.to_string());
+            req.inherited.insert(n.symbol.clone());
+            req.needs_variant.push(n);
+        }
+    }
+    if !added.is_empty() {
+        req.notes.push(format!(
+            "built with its dependencies' configuration: {}",
+            added.join(", ")
+        ));
+    }
 }
 
 /// Check each kconfig request against the kernel and the base configuration.
@@ -244,6 +303,7 @@ fn requests(ctx: &Ctx, pkg: &Package) -> Result<Requests, Refusal> {
         notes,
         needs_variant,
         module_syms,
+        inherited: BTreeSet::new(),
     })
 }
 
@@ -319,6 +379,12 @@ fn variant(
                 .unwrap_or_else(|| r.clone())
         })
         .filter(|r| r.value.is_some() || needs_variant.iter().any(|n| n.symbol == r.symbol))
+        .chain(
+            needs_variant
+                .iter()
+                .filter(|n| req.inherited.contains(&n.symbol))
+                .cloned(),
+        )
         .collect();
     let v = crate::variant::generate(
         &crate::variant::Inputs {
@@ -344,9 +410,22 @@ fn variant(
             ))));
         }
     };
-    if !v.not_applied.is_empty() {
-        let why: Vec<String> = v
-            .not_applied
+    // A dependency's setting Kconfig does not apply here did not apply for the dependency
+    // either: the configurations still agree.
+    let (theirs, ours): (Vec<_>, Vec<_>) = v.not_applied.iter().partition(|n| {
+        n.request
+            .strip_prefix("CONFIG_")
+            .and_then(|r| r.split('=').next())
+            .is_some_and(|s| req.inherited.contains(s))
+    });
+    for n in theirs {
+        notes.push(format!(
+            "its dependencies' {} does not apply: {}",
+            n.request, n.why
+        ));
+    }
+    if !ours.is_empty() {
+        let why: Vec<String> = ours
             .iter()
             .map(|n| format!("{}: {}", n.request, n.why))
             .collect();

@@ -15,8 +15,19 @@ pub(super) const MODPOST: &str = "modpost-intree";
 
 /// Create (or reuse) the package's overlay; drop outputs that are about to be rebuilt so that
 /// staged hardlinks never see an in-place write.
-pub(super) fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
+pub(super) fn prepare_tree(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf]) -> Result<(), KError> {
     let dir = ctx.pkg_dir(&job.pkg.name);
+    // Modules whose exports come from a dependency's build (KBUILD_EXTRA_SYMBOLS): the base
+    // list must not name them too, or modpost finds them "exported twice".
+    let chained: BTreeSet<String> = extra
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .flat_map(|t| {
+            t.lines()
+                .filter_map(|l| l.split('\t').nth(2).map(str::to_string))
+                .collect::<Vec<_>>()
+        })
+        .collect();
     let tree = ctx.tree(&job.pkg.name);
     // The overlay is reused only for the same package inputs and the same layout: the
     // directories written, the variant, and the source listing of those directories (a new or
@@ -41,6 +52,10 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
         }
         if let Some(p) = &ctx.probes {
             h.update(p.compiler_mk.as_str().as_bytes());
+        }
+        for m in &chained {
+            h.update(m.as_bytes());
+            h.update(b"\0");
         }
         format!("{:x}", h.finalize())
     };
@@ -75,15 +90,17 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job) -> Result<(), KError> {
             }
             overrides.insert(".config".to_string(), v.dir.join(".config"));
         }
-        if job.variant.is_some() || !ctx.external {
-            // Modules the base already has are rebuilt here: modpost must not see their old
-            // exports next to the new ones (without `-e`, or with a variant's new exports).
+        if job.variant.is_some() || !ctx.external || !chained.is_empty() {
+            // Modules the base already has are rebuilt here or by a dependency: modpost must
+            // not see their old exports next to the new ones (without `-e`, or with a
+            // variant's new exports).
             let base = std::fs::read_to_string(ctx.k.path.join("Module.symvers"))
                 .map_err(|e| KError::io("read", ctx.k.path.join("Module.symvers"), e))?;
             let ours: BTreeSet<&str> = job
                 .modules
                 .iter()
                 .map(|m| m.trim_end_matches(".ko"))
+                .chain(chained.iter().map(String::as_str))
                 .collect();
             let filtered: String = base
                 .lines()

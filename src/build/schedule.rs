@@ -152,11 +152,11 @@ fn not_started(sh: &Shared, job: &Job, deps: &[Option<Status>]) -> Option<Packag
 /// One package on its own thread: take a make slot, build, give the slot back, and share what
 /// its dependents need.
 fn worker(sh: &Shared, job: &Job) -> PackageResult {
-    // Providers the base build lacks are chained through KBUILD_EXTRA_SYMBOLS.
+    // Providers the base build lacks are chained through KBUILD_EXTRA_SYMBOLS: every
+    // dependency's, transitively (a module may need a symbol of its dependency's dependency).
     let extra: Vec<Utf8PathBuf> = {
         let s = sh.symvers.lock().unwrap();
-        job.pkg
-            .depends
+        job.all_depends
             .iter()
             .filter_map(|d| s.get(d).cloned())
             .collect()
