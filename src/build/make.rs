@@ -92,9 +92,13 @@ pub(super) fn build_package(
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
         // Units run in the package's order; one whose modpost misses symbols that a unit still
         // to come exports (by the base Module.symvers) waits for it: modpost names the needs.
-        let mut pending: std::collections::VecDeque<&Unit> = job.units.iter().collect();
+        let symvers_d = super::prepare::symvers_dir(ctx, name);
+        let _ = std::fs::remove_dir_all(&symvers_d);
+        let mut pending: std::collections::VecDeque<Unit> = job.units.iter().cloned().collect();
         let mut deferred = 0;
+        let mut split = false;
         while let Some(unit) = pending.pop_front() {
+            let unit = &unit;
             let (line, status, text) =
                 make_unit(ctx, job, unit, &extra, slots, &mut log, &mut phases, emit)?;
             r.commands.push(line);
@@ -111,8 +115,9 @@ pub(super) fn build_package(
                         || unit.goals.iter().any(|g| {
                             ctx.k.built_module(&format!("{}/{g}", unit.dir)) == Some(false)
                         });
+                    let exports = unit_symvers(ctx, name, unit)?;
                     if fresh_exports {
-                        extra.push(unit_symvers(ctx, name, unit)?);
+                        extra.push(exports);
                     }
                 }
                 _ if deferred < pending.len() && needs_later_unit(ctx, &text, &pending) => {
@@ -123,7 +128,37 @@ pub(super) fn build_package(
                     );
                     r.commands.pop();
                     deferred += 1;
-                    pending.push_back(unit);
+                    pending.push_back(unit.clone());
+                }
+                // Directories that need each other's exports (lib/crypto's libcurve25519.ko
+                // needs arch/x86's, whose module needs libcurve25519-generic.ko): one make per
+                // module, in the order modpost allows.
+                _ if !split
+                    && job.units.len() > 1
+                    && job.units.iter().any(|u| u.goals.len() > 1)
+                    && only_undefined_symbols(&text) =>
+                {
+                    let _ = writeln!(
+                        log,
+                        "# {}: its directories need each other's exports; one make per module",
+                        unit.dir
+                    );
+                    r.commands.pop();
+                    split = true;
+                    deferred = 0;
+                    let rest: Vec<Unit> = std::iter::once(unit.clone())
+                        .chain(pending.drain(..))
+                        .flat_map(|u| {
+                            u.goals
+                                .iter()
+                                .map(|g| Unit {
+                                    dir: u.dir.clone(),
+                                    goals: vec![g.clone()],
+                                })
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    pending.extend(rest);
                 }
                 other => {
                     let why = explain_failure(&text, ctx);
@@ -289,7 +324,7 @@ pub(super) fn run_make(
 pub(super) fn needs_later_unit(
     ctx: &Ctx,
     log: &str,
-    pending: &std::collections::VecDeque<&Unit>,
+    pending: &std::collections::VecDeque<Unit>,
 ) -> bool {
     static UNDEF: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[[^\]]+\] undefined!"#).unwrap());

@@ -139,17 +139,23 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf]) -> Resul
     Ok(())
 }
 
+/// Where a package's make calls leave their exports, one file each, in order.
+pub(super) fn symvers_dir(ctx: &Ctx, name: &str) -> Utf8PathBuf {
+    ctx.pkg_dir(name).join("symvers.d")
+}
+
 /// The exports of one unit's modules, as later units and the package's Module.symvers take
-/// them: `<out>/<dir>/Module.symvers` (since 6.13 copied there from the one the build wrote
-/// at the output root, which the next unit's build rewrites).
+/// them: the Module.symvers its make wrote (`<out>/<dir>/`, since 6.13 `<out>/`), copied to
+/// `symvers.d/<n>.symvers`, since the next make in the same directory rewrites it.
 pub(super) fn unit_symvers(ctx: &Ctx, name: &str, unit: &Unit) -> Result<Utf8PathBuf, String> {
     let out = ctx.out(name);
-    let path = out.join(&unit.dir).join("Module.symvers");
     let written = ctx.generation.written_symvers(&out, &unit.dir);
-    if written != path {
-        std::fs::copy(&written, &path)
-            .map_err(|e| format!("cannot copy `{written}` to `{path}`: {e}"))?;
-    }
+    let dir = symvers_dir(ctx, name);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create `{dir}`: {e}"))?;
+    let n = std::fs::read_dir(&dir).map_or(0, |rd| rd.count());
+    let path = dir.join(format!("{n:04}.symvers"));
+    std::fs::copy(&written, &path)
+        .map_err(|e| format!("cannot copy `{written}` to `{path}`: {e}"))?;
     Ok(path)
 }
 

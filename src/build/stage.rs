@@ -47,9 +47,18 @@ pub(super) fn stage(
         .map_err(|e| KError::io("create", &ctx.dest, e))?;
     let root = Utf8PathBuf::from_path_buf(tmp.path().to_path_buf()).expect("UTF-8 destination");
     let kernel = ctx.modules_dir(&root);
+    // The exports of every make call of the package, in the order they ran.
     let mut symvers = String::new();
-    for unit in &job.units {
-        if let Ok(t) = std::fs::read_to_string(out.join(&unit.dir).join("Module.symvers")) {
+    let mut files: Vec<Utf8PathBuf> = std::fs::read_dir(super::prepare::symvers_dir(ctx, name))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Utf8PathBuf::from_path_buf(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        if let Ok(t) = std::fs::read_to_string(&f) {
             symvers.push_str(&t);
         }
     }
