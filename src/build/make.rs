@@ -466,6 +466,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_modposts_undefined_symbols_count_as_missing_exports() {
+        let undef = "  MODPOST drivers/net/ppp/Module.symvers\n\
+ERROR: modpost: \"arc4_setkey\" [drivers/net/ppp/ppp_mppe.ko] undefined!\n\
+make[2]: *** [scripts/Makefile.modpost:145: drivers/net/ppp/Module.symvers] Error 1\n";
+        assert!(only_undefined_symbols(undef));
+        let compile = "drivers/net/x.c:3:1: error: expected ';'\n\
+ERROR: modpost: \"a\" [drivers/net/x.ko] undefined!\n";
+        assert!(!only_undefined_symbols(compile));
+        let twice = "ERROR: modpost: lib/lzo/lzo_compress: 'lzo1x_1_compress' exported twice.\n";
+        assert!(!only_undefined_symbols(twice));
+        assert!(!only_undefined_symbols(
+            "make: *** No rule to make target\n"
+        ));
+    }
+
+    #[test]
     fn progress_lines_are_kbuilds_short_output() {
         assert!(is_progress_line("  CC [M]  drivers/net/dummy.o"));
         assert!(is_progress_line("  MODPOST drivers/net/Module.symvers"));
