@@ -273,7 +273,14 @@ fn requests(ctx: &Ctx, pkg: &Package) -> Result<Requests, Refusal> {
                 "nothing to build; the running kernel already has it",
             ));
         }
-        if req.value.is_none() && !tristate && pkg.kconfig.len() == 1 && pkg.files.is_empty() {
+        // An option the base already has: nothing to build. One it lacks needs a variant, whose
+        // verdict (module-local, or a change of the kernel itself) decides.
+        if req.value.is_none()
+            && !tristate
+            && pkg.kconfig.len() == 1
+            && pkg.files.is_empty()
+            && base == Some("y")
+        {
             return Err(refusal(
                 code::NO_MODULE,
                 format!(
