@@ -1,7 +1,10 @@
 //! The OpenWrt integration on the real test kernel: examples/openwrt/ (KernelPackage definitions
 //! in the layout of OpenWrt's package/kernel/linux, evaluated through Makefile.shim) run with make,
 //! and every install tree checked file by file against what OpenWrt's KernelPackage makes for the
-//! same definitions; then the shim's own corner cases with a recipe of the test's.
+//! same definitions; then the shim's own corner cases with a recipe of the test's; then
+//! OpenWrt's real definitions (`../shared/data`, skipped without it): read for x86/64, and, as
+//! ignored tests, built on three targets (Debian's 6.12 headers, a router-sized x86_64 Kbuild
+//! tree, the arm64 test kernel) and compared with OpenWrt's own install step.
 
 mod common;
 
