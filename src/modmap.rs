@@ -524,11 +524,10 @@ pub fn full(index: &Index, ev: &Evaluator) -> Kmap {
         .iter()
         .filter_map(|(s, m)| Some(format!("{s}\t{}\n", serde_json::to_string(m).ok()?)))
         .collect();
-    if let Ok(tmp) = tempfile::NamedTempFile::new_in(&cache)
-        && std::fs::write(tmp.path(), lines).is_ok()
-    {
-        let _ = tmp.persist(cache.join(format!("map-{k}.lines")));
-    }
+    let _ = kbuild_install::fsutil::write_atomic(
+        &cache.join(format!("map-{k}.lines")),
+        lines.as_bytes(),
+    );
     let summary = WalkSummary::of(&base);
     store(&cache, &summary_path, &summary);
     Kmap::new(summary, syms)

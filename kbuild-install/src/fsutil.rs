@@ -1,5 +1,5 @@
-//! Filesystem helpers: atomic replacement of directories, ownership markers, and the removal of
-//! temporary directories left by a run that was killed.
+//! Filesystem helpers: atomic replacement of files and directories, ownership markers, and the
+//! removal of temporary directories left by a run that was killed.
 
 use crate::error::{Error, Result};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -7,6 +7,17 @@ use std::fs;
 
 /// File that marks a directory as made by extmod (checked before it is replaced or removed).
 pub const MARKER: &str = ".extmod-owner";
+
+/// Write `data` to `path` through a temporary file beside it and a rename: readers see the old
+/// content or the new, never a part.
+pub fn write_atomic(path: &Utf8Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Utf8Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("write", path, e))?;
+    std::io::Write::write_all(&mut tmp, data).map_err(|e| Error::io("write", path, e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("write", path, e.error))?;
+    Ok(())
+}
 
 /// Move the finished temporary directory `tmp` to `dest` (a child of `parent` named `name`),
 /// replacing an existing `dest` only once the new one is complete. Where the filesystem supports

@@ -21,14 +21,19 @@ const CMD: &str = "..module-common.o.cmd";
 /// Where the unit's make writes `.module-common.o`, and the cache entry for it; `None` when
 /// the object is not shared (debug information, or a kernel without it).
 fn places(ctx: &Ctx, job: &Job, unit: &Unit) -> Option<(Utf8PathBuf, Utf8PathBuf)> {
-    if ctx.k.value("DEBUG_INFO") == Some("y") {
+    // The base's value, unless the variant changed it (its recorded differences from the base).
+    let changed = job.variant.as_ref().and_then(|v| {
+        v.changes
+            .iter()
+            .chain(&v.drift)
+            .find(|c| c.symbol == "DEBUG_INFO")
+    });
+    let debug_info = match changed {
+        Some(c) => c.new.as_deref(),
+        None => ctx.k.value("DEBUG_INFO"),
+    };
+    if debug_info == Some("y") {
         return None;
-    }
-    if let Some(v) = &job.variant {
-        let config = std::fs::read_to_string(v.dir.join(".config")).ok()?;
-        if config.lines().any(|l| l == "CONFIG_DEBUG_INFO=y") {
-            return None;
-        }
     }
     let dir = ctx
         .generation

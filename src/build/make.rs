@@ -326,8 +326,6 @@ pub(super) fn needs_later_unit(
     log: &str,
     pending: &std::collections::VecDeque<Unit>,
 ) -> bool {
-    static UNDEF: LazyLock<Regex> =
-        LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[[^\]]+\] undefined!"#).unwrap());
     let needed: BTreeSet<&str> = UNDEF
         .captures_iter(log)
         .map(|c| c.get(1).unwrap().as_str())
@@ -369,6 +367,10 @@ pub(super) fn is_progress_line(l: &str) -> bool {
     RE.is_match(l)
 }
 
+/// modpost's complaint about a symbol nobody exports: the symbol, the module.
+static UNDEF: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"ERROR: modpost: "([^"]+)" \[([^\]]+)\] undefined!"#).unwrap());
+
 /// Whether make failed only in modpost, for undefined symbols (everything compiled).
 fn only_undefined_symbols(log: &str) -> bool {
     let errors: Vec<&str> = log
@@ -376,17 +378,11 @@ fn only_undefined_symbols(log: &str) -> bool {
         .filter(|l| l.contains("ERROR: ") || l.contains(": error: ") || l.contains("Error 1"))
         .filter(|l| !l.starts_with("make"))
         .collect();
-    !errors.is_empty()
-        && errors
-            .iter()
-            .all(|l| l.contains("ERROR: modpost: \"") && l.ends_with("undefined!"))
+    !errors.is_empty() && errors.iter().all(|l| UNDEF.is_match(l))
 }
 
 /// A failure in words: modpost's complaints explained, else the first compiler errors.
 pub(super) fn explain_failure(log: &str, ctx: &Ctx) -> String {
-    static UNDEF: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r#"ERROR: modpost: "([^"]+)" \[([^\]]+)\] undefined!"#).unwrap()
-    });
     static TWICE: LazyLock<Regex> =
         LazyLock::new(|| Regex::new(r"ERROR: modpost: (.*exported twice.*)").unwrap());
     let mut out = Vec::new();

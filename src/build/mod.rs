@@ -187,7 +187,9 @@ fn plan_all(
 ) -> Result<Vec<Plan>, Error> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let closures: Vec<Vec<&Package>> = packages.iter().map(|p| closure(packages, p)).collect();
+    let by_name: std::collections::HashMap<&str, &Package> =
+        packages.iter().map(|p| (p.name.as_str(), p)).collect();
+    let closures: Vec<Vec<&Package>> = packages.iter().map(|p| closure(&by_name, p)).collect();
     let inherited: Vec<Vec<crate::package::KconfigReq>> =
         closures.iter().map(|c| inherited(c)).collect();
     let planned: Vec<Mutex<Option<Result<Plan, Error>>>> =
@@ -249,7 +251,10 @@ fn plan_all(
 }
 
 /// A package's dependencies, transitively, nearest first.
-fn closure<'a>(packages: &'a [Package], pkg: &Package) -> Vec<&'a Package> {
+fn closure<'a>(
+    by_name: &std::collections::HashMap<&str, &'a Package>,
+    pkg: &Package,
+) -> Vec<&'a Package> {
     let mut seen: BTreeSet<&str> = BTreeSet::from([pkg.name.as_str()]);
     let mut queue: std::collections::VecDeque<&str> =
         pkg.depends.iter().map(String::as_str).collect();
@@ -258,7 +263,7 @@ fn closure<'a>(packages: &'a [Package], pkg: &Package) -> Vec<&'a Package> {
         if !seen.insert(name) {
             continue;
         }
-        let Some(dep) = packages.iter().find(|p| p.name == name) else {
+        let Some(&dep) = by_name.get(name) else {
             continue;
         };
         out.push(dep);

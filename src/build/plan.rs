@@ -183,20 +183,11 @@ fn inherit(ctx: &Ctx, req: &mut Requests, pkg: &Package, inherited: &[KconfigReq
         {
             continue;
         }
-        let tristate = ty == Some(SymType::Tristate);
-        let wanted = r
-            .value
-            .clone()
-            .unwrap_or_else(|| if tristate { "m".into() } else { "y".into() });
         // A dependency's module that the base builds in: its code is there already.
         if r.value.is_none() && base == Some("y") {
             continue;
         }
-        let satisfied = if wanted == "n" {
-            base.is_none()
-        } else {
-            base == Some(wanted.as_str())
-        };
+        let (wanted, satisfied) = request_value(r, ty == Some(SymType::Tristate), base);
         if !satisfied {
             let n = KconfigReq {
                 symbol: sym.clone(),
@@ -213,6 +204,21 @@ fn inherit(ctx: &Ctx, req: &mut Requests, pkg: &Package, inherited: &[KconfigReq
             added.join(", ")
         ));
     }
+}
+
+/// The value a request asks for (a bare symbol: a module if tristate, else on) and whether the
+/// base configuration already has it.
+fn request_value(req: &KconfigReq, tristate: bool, base: Option<&str>) -> (String, bool) {
+    let wanted = req
+        .value
+        .clone()
+        .unwrap_or_else(|| if tristate { "m".into() } else { "y".into() });
+    let satisfied = if wanted == "n" {
+        base.is_none()
+    } else {
+        base == Some(wanted.as_str())
+    };
+    (wanted, satisfied)
 }
 
 /// Check each kconfig request against the kernel and the base configuration.
@@ -259,11 +265,7 @@ fn requests(ctx: &Ctx, pkg: &Package) -> Result<Requests, Refusal> {
             ));
         }
         let tristate = ty == Some(SymType::Tristate);
-        // A bare symbol asks for a module (tristate) or for the option to be on (bool).
-        let wanted = req
-            .value
-            .clone()
-            .unwrap_or_else(|| if tristate { "m".into() } else { "y".into() });
+        let (wanted, satisfied) = request_value(req, tristate, base);
         if req.value.is_none() && tristate && base == Some("y") {
             return Err(refusal(
                 code::BUILT_IN,
@@ -291,11 +293,6 @@ fn requests(ctx: &Ctx, pkg: &Package) -> Result<Requests, Refusal> {
                 "name the tristate symbol that builds the module (e.g. CONFIG_BLK_DEV_LOOP for loop.ko)",
             ));
         }
-        let satisfied = if wanted == "n" {
-            base.is_none()
-        } else {
-            base == Some(wanted.as_str())
-        };
         if !satisfied {
             needs_variant.push(KconfigReq {
                 symbol: sym.clone(),

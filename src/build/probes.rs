@@ -112,7 +112,7 @@ impl Probes {
         let key = format!("{:x}", h.finalize());
         let compiler_mk = dir.join(format!("Makefile.compiler-{}", &key[..16]));
         if std::fs::read_to_string(&compiler_mk).ok().as_deref() != Some(ours.as_str()) {
-            write_atomic(&compiler_mk, &ours)?;
+            kbuild_install::fsutil::write_atomic(&compiler_mk, ours.as_bytes())?;
         }
         Ok(Some(Probes {
             compiler_mk,
@@ -154,7 +154,7 @@ impl Probes {
             all.entry(k).or_insert(v);
         }
         if all.len() != before {
-            let _ = write_atomic(&self.cache, &render(&all));
+            let _ = kbuild_install::fsutil::write_atomic(&self.cache, render(&all).as_bytes());
         }
     }
 }
@@ -248,16 +248,6 @@ fn parse_cache(text: &str) -> BTreeMap<String, String> {
     keys.into_iter()
         .filter_map(|(n, k)| values.remove(&n).map(|v| (k, v)))
         .collect()
-}
-
-fn write_atomic(path: &Utf8Path, text: &str) -> Result<(), KError> {
-    let dir = path.parent().expect("a file in a directory");
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| KError::io("write", path, e))?;
-    std::io::Write::write_all(&mut tmp, text.as_bytes())
-        .map_err(|e| KError::io("write", path, e))?;
-    tmp.persist(path)
-        .map_err(|e| KError::io("write", path, e.error))?;
-    Ok(())
 }
 
 #[cfg(test)]
