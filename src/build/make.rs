@@ -67,6 +67,31 @@ pub(super) fn build_package(
     slots: &Slots,
     emit: &(dyn Fn(Event) + Sync),
 ) -> PackageResult {
+    let (r, wrote_read_only) = build_once(ctx, job, extra, slots, emit, true);
+    if r.status != Status::Failed || !wrote_read_only || interrupted() {
+        return r;
+    }
+    // make wrote into a directory the overlay links to the read-only source tree: no object
+    // of the package is there by Kbuild's records, yet the build writes there (a generated
+    // file). Again with every directory below the module directories real.
+    let (mut again, _) = build_once(ctx, job, extra, slots, emit, false);
+    again.notes.push(
+        "make wrote below a module directory where none of its objects is; built again with those directories real"
+            .to_string(),
+    );
+    again
+}
+
+/// One build of a package; whether a make failed writing into the read-only source tree.
+fn build_once(
+    ctx: &Ctx,
+    job: &Job,
+    extra: &[Utf8PathBuf],
+    slots: &Slots,
+    emit: &(dyn Fn(Event) + Sync),
+    link_unwritten: bool,
+) -> (PackageResult, bool) {
+    let mut wrote_read_only = false;
     let start = Instant::now();
     let name = &job.pkg.name;
     let mut r = PackageResult::new(name, Status::Failed);
@@ -86,7 +111,7 @@ pub(super) fn build_package(
     let outcome = (|| -> Result<Vec<InstalledModule>, String> {
         let setup_start = Instant::now();
         ctx.generation_vars(job)?;
-        prepare_tree(ctx, job, deps_extra).map_err(|e| e.to_string())?;
+        prepare_tree(ctx, job, deps_extra, link_unwritten).map_err(|e| e.to_string())?;
         phases.setup = setup_start.elapsed().as_secs_f64();
         let mut log = std::fs::File::create(&log_path)
             .map_err(|e| format!("cannot write `{log_path}`: {e}"))?;
@@ -161,6 +186,7 @@ pub(super) fn build_package(
                     pending.extend(rest);
                 }
                 other => {
+                    wrote_read_only = text.contains("Read-only file system");
                     let why = explain_failure(&text, ctx);
                     if other.is_some() && only_undefined_symbols(&text) {
                         // Compiled, but linked against exports nobody provides: a missing
@@ -203,7 +229,7 @@ pub(super) fn build_package(
         }
         Err(e) => r.error = Some(e),
     }
-    r
+    (r, wrote_read_only)
 }
 
 /// One make call of a unit: its command line announced and logged, Kbuild's progress lines

@@ -13,9 +13,19 @@ use std::collections::{BTreeMap, BTreeSet};
 /// modpost as the in-tree build runs it (see [`write_modpost`]), in `D/<package>/`.
 pub(super) const MODPOST: &str = "modpost-intree";
 
+/// The overlays' links, kept once in `D/` and hard-linked into each (see `overlay::Layers`).
+const LINKS: &str = ".links";
+
 /// Create (or reuse) the package's overlay; drop outputs that are about to be rebuilt so that
-/// staged hardlinks never see an in-place write.
-pub(super) fn prepare_tree(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf]) -> Result<(), KError> {
+/// staged hardlinks never see an in-place write. `link_unwritten`: see [`Layers`]; only when
+/// the guard makes the source tree read-only for make.
+pub(super) fn prepare_tree(
+    ctx: &Ctx,
+    job: &Job,
+    extra: &[Utf8PathBuf],
+    link_unwritten: bool,
+) -> Result<(), KError> {
+    let link_unwritten = link_unwritten && kbuild_install::sandbox::available();
     let dir = ctx.pkg_dir(&job.pkg.name);
     // Modules whose exports come from a dependency's build (KBUILD_EXTRA_SYMBOLS): the base
     // list must not name them too, or modpost finds them "exported twice".
@@ -57,6 +67,7 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf]) -> Resul
             h.update(m.as_bytes());
             h.update(b"\0");
         }
+        h.update([u8::from(link_unwritten)]);
         format!("{:x}", h.finalize())
     };
     let layout_file = dir.join("layout");
@@ -74,10 +85,26 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf]) -> Resul
         let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
         let mut overrides = BTreeMap::new();
         if let Some(p) = &ctx.probes {
-            overrides.insert(
+            // `scripts/` with the cached probes' Makefile.compiler, one for all packages.
+            let compiler = BTreeMap::from([(
                 super::probes::COMPILER_MK.to_string(),
                 p.compiler_mk.clone(),
-            );
+            )]);
+            let shared = p.scripts_dir(&ctx.src.path, only);
+            overlay::create_shared(
+                &shared,
+                "scripts",
+                &Layers {
+                    kbuild: &ctx.k.layers,
+                    kbuild_only: only,
+                    src: &ctx.src.path,
+                    overrides: &compiler,
+                    hidden: &[],
+                    link_unwritten: false,
+                    link_store: Some(&ctx.objdir.join(LINKS)),
+                },
+            )?;
+            overrides.insert("scripts".to_string(), shared);
         }
         if let Some(v) = &job.variant {
             // The variant's configuration, as the C code and make see it.
@@ -112,12 +139,15 @@ pub(super) fn prepare_tree(ctx: &Ctx, job: &Job, extra: &[Utf8PathBuf]) -> Resul
             std::fs::write(&path, filtered).map_err(|e| KError::io("write", &path, e))?;
             overrides.insert("Module.symvers".to_string(), path);
         }
+        let links = ctx.objdir.join(LINKS);
         let layers = Layers {
             kbuild: &ctx.k.layers,
             kbuild_only: only,
             src: &ctx.src.path,
             overrides: &overrides,
             hidden: ctx.generation.hides(),
+            link_unwritten,
+            link_store: Some(&links),
         };
         overlay::create(&tree, &layers, &module_dirs)?;
         if !ctx.external {

@@ -121,6 +121,23 @@ impl Probes {
         }))
     }
 
+    /// The shared `scripts/` of the overlays built from the Kbuild layers and `src` (with only
+    /// the top-level names `only` from the layers): the tree's own entries and
+    /// [`Probes::compiler_mk`].
+    pub(super) fn scripts_dir(&self, src: &Utf8Path, only: Option<&[&str]>) -> Utf8PathBuf {
+        let mut h = Sha256::new();
+        h.update(self.compiler_mk.as_str().as_bytes());
+        h.update(b"\0");
+        h.update(src.as_str().as_bytes());
+        for n in only.unwrap_or_default() {
+            h.update(b"\0");
+            h.update(n.as_bytes());
+        }
+        let key = format!("{:x}", h.finalize());
+        let dir = self.compiler_mk.parent().unwrap_or(Utf8Path::new("."));
+        dir.join(format!("scripts-{}", &key[..16]))
+    }
+
     /// The environment of a package's make: the cache to read and the file for new answers.
     pub(super) fn env(&self, pkg_dir: &Utf8Path) -> Vec<(&'static str, String)> {
         vec![
