@@ -1505,6 +1505,54 @@ fn hostile_makefile_cannot_write_into_the_trees() {
     }
 }
 
+/// A Makefile that writes a generated header into a subdirectory of the module's directory
+/// that holds none of its objects. The overlay links such a directory to the source tree
+/// (read-only for make), so the first make fails writing there; extmod builds the package
+/// again with the directories below drivers/net real, and says so. The header lands in the
+/// overlay, never in S.
+#[test]
+fn a_write_below_the_module_directory_is_built_again_with_real_directories() {
+    if !kbuild_install::sandbox::available() {
+        eprintln!("SKIP: no private mount namespace here");
+        return;
+    }
+    let tmp = common::tempdir("extmod-hostile-subdir-");
+    let t = tmp.path();
+    let s = t.join("s");
+    link_copy(&tk().src, &s);
+    let mk = s.join("drivers/net/Makefile");
+    let text = std::fs::read_to_string(&mk).unwrap();
+    replace(
+        &mk,
+        format!("{text}\n$(obj)/dummy.o: $(obj)/wan/extmod-generated.h\n$(obj)/wan/extmod-generated.h: ; echo '/* generated */' > $@\n").as_bytes(),
+        Duration::ZERO,
+    );
+    let (d, out) = (t.join("d"), t.join("out"));
+    let o = Command::new(BIN)
+        .args(build_args(k(), &s, &d, &out))
+        .args(["--json", "CONFIG_DUMMY"])
+        .env("CI", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &v["packages"][0];
+    assert_eq!(p["status"], "built", "{p}");
+    assert!(
+        p["notes"].as_array().unwrap().iter().any(|n| n
+            .as_str()
+            .unwrap()
+            .contains("built again with those directories real")),
+        "{p}"
+    );
+    let tree = d.join("CONFIG_DUMMY/tree/drivers/net/wan");
+    assert!(!tree.is_symlink() && tree.join("extmod-generated.h").is_file());
+    for root in [&s, &tk().src] {
+        assert!(!root.join("drivers/net/wan/extmod-generated.h").exists());
+    }
+}
+
 /// SIGKILL at 20 points of a build, each followed by a rerun: no make outlives extmod, nothing
 /// half-staged is used, and the final modules are byte-identical to a clean build.
 #[test]

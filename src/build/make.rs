@@ -71,9 +71,10 @@ pub(super) fn build_package(
     if r.status != Status::Failed || !wrote_read_only || interrupted() {
         return r;
     }
-    // make wrote into a directory the overlay links to the read-only source tree: no object
-    // of the package is there by Kbuild's records, yet the build writes there (a generated
-    // file). Again with every directory below the module directories real.
+    // make wrote below a module directory into a directory the overlay links to the read-only
+    // source tree: none of the package's objects is there by the module map, yet the build
+    // writes there (a generated file). Again with every directory below the module directories
+    // real.
     let (mut again, _) = build_once(ctx, job, extra, slots, emit, false);
     again.notes.push(
         "make wrote below a module directory where none of its objects is; built again with those directories real"
@@ -186,7 +187,7 @@ fn build_once(
                     pending.extend(rest);
                 }
                 other => {
-                    wrote_read_only = text.contains("Read-only file system");
+                    wrote_read_only = wrote_below_module_dir(&text, &ctx.tree(name), job);
                     let why = explain_failure(&text, ctx);
                     if other.is_some() && only_undefined_symbols(&text) {
                         // Compiled, but linked against exports nobody provides: a missing
@@ -435,14 +436,9 @@ pub(super) fn explain_failure(log: &str, ctx: &Ctx) -> String {
             &c[1]
         ));
     }
-    static READ_ONLY: LazyLock<Regex> = LazyLock::new(|| {
-        Regex::new(r"(?m)[`'‘]([^'’`\n]+)[’'`]: Read-only file system|(\S+): Read-only file system")
-            .unwrap()
-    });
-    for c in READ_ONLY.captures_iter(log).take(3) {
+    for p in read_only_writes(log).iter().take(3) {
         out.push(format!(
-            "the build tried to write `{}` (in the package's tree `{}`), which leads into a tree extmod keeps read-only (the source tree, the Kbuild tree or the trees it was made from); nothing was written there",
-            c.get(1).or(c.get(2)).map_or("", |m| m.as_str()),
+            "the build tried to write `{p}` (in the package's tree `{}`), which leads into a tree extmod keeps read-only (the source tree, the Kbuild tree or the trees it was made from); nothing was written there",
             ctx.objdir
         ));
     }
@@ -463,6 +459,32 @@ pub(super) fn explain_failure(log: &str, ctx: &Ctx) -> String {
         out.push(log.lines().rev().take(3).collect::<Vec<_>>().join(" | "));
     }
     out.join("; ")
+}
+
+/// The paths a make's output says could not be written: "Read-only file system".
+fn read_only_writes(log: &str) -> Vec<String> {
+    static READ_ONLY: LazyLock<Regex> = LazyLock::new(|| {
+        Regex::new(r"(?m)[`'‘]([^'’`\n]+)[’'`]: Read-only file system|(\S+): Read-only file system")
+            .unwrap()
+    });
+    READ_ONLY
+        .captures_iter(log)
+        .filter_map(|c| c.get(1).or(c.get(2)).map(|m| m.as_str().to_string()))
+        .collect()
+}
+
+/// Whether make failed writing below one of the package's module directories (relative to
+/// the overlay `tree`, make's directory), where the overlay may link a directory that none of
+/// the package's objects is in to the read-only source tree.
+fn wrote_below_module_dir(log: &str, tree: &Utf8Path, job: &Job) -> bool {
+    read_only_writes(log).iter().any(|p| {
+        let p = p.strip_prefix(tree.as_str()).unwrap_or(p);
+        let p = p.trim_start_matches('/').trim_start_matches("./");
+        job.write_dirs.iter().any(|d| {
+            p.strip_prefix(d.as_str())
+                .is_some_and(|r| r.starts_with('/'))
+        })
+    })
 }
 
 /// Which package built so far exports `sym`.
