@@ -167,15 +167,51 @@ impl KbuildTree {
 
     /// The compiler must generate code for the tree's architecture: `cc -dumpmachine` names its
     /// target (`aarch64-linux-gnu`), which maps to one Kbuild SRCARCH.
-    pub fn check_compiler_target(&self, cc: &str) -> Result<(), Error> {
-        let Ok(out) = std::process::Command::new(cc)
-            .arg("-dumpmachine")
-            .stdin(std::process::Stdio::null())
-            .output()
-        else {
-            return Ok(());
+    ///
+    /// With `cache` (a directory of D), the answer is kept there, when the directory exists
+    /// (nothing is created before the checks pass), by the compiler binary's path, size and
+    /// mtime: one process less in every later run (a fifth of a no-op).
+    pub fn check_compiler_target(&self, cc: &str, cache: Option<&Utf8Path>) -> Result<(), Error> {
+        let kept = cache.and_then(|dir| {
+            let bin = which::which(cc).ok()?;
+            let m = std::fs::metadata(&bin).ok()?;
+            use std::os::unix::fs::MetadataExt;
+            let key = format!(
+                "{:x}",
+                sha2::Sha256::digest(
+                    format!(
+                        "{}\0{}\0{}\0{}",
+                        bin.display(),
+                        m.size(),
+                        m.mtime(),
+                        m.mtime_nsec()
+                    )
+                    .as_bytes()
+                )
+            );
+            Some(dir.join(format!("dumpmachine-{}", &key[..16])))
+        });
+        let triple = match kept.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+            Some(t) => t,
+            None => {
+                let Ok(out) = std::process::Command::new(cc)
+                    .arg("-dumpmachine")
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                else {
+                    return Ok(());
+                };
+                let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                if let Some(p) = &kept
+                    && p.parent().is_some_and(Utf8Path::is_dir)
+                    && out.status.success()
+                    && !t.is_empty()
+                {
+                    let _ = kbuild_install::fsutil::write_atomic(p, t.as_bytes());
+                }
+                t
+            }
         };
-        let triple = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let Some(arch) = srcarch_of_triple(&triple) else {
             return Ok(());
         };

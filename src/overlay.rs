@@ -401,6 +401,21 @@ mod tests {
         }
     }
 
+    /// Layers of a source tree alone, with the guard on.
+    fn guarded_src<'a>(s: &'a Utf8Path, store: Option<&'a Utf8Path>) -> Layers<'a> {
+        static NONE: std::sync::LazyLock<BTreeMap<String, Utf8PathBuf>> =
+            std::sync::LazyLock::new(BTreeMap::new);
+        Layers {
+            kbuild: &[],
+            kbuild_only: None,
+            src: s,
+            overrides: &NONE,
+            hidden: &[],
+            link_unwritten: true,
+            link_store: store,
+        }
+    }
+
     /// Where the link at `root/p` leads (a relative one resolved through its anchor).
     fn link_of(root: &Utf8Path, p: &str) -> Option<String> {
         let l = std::fs::read_link(root.join(p)).ok()?;
@@ -429,15 +444,7 @@ mod tests {
                 "fs/ext4/y.c",
             ],
         );
-        let layers = Layers {
-            kbuild: &[],
-            kbuild_only: None,
-            src: &s,
-            overrides: &BTreeMap::new(),
-            hidden: &[],
-            link_unwritten: true,
-            link_store: None,
-        };
+        let layers = guarded_src(&s, None);
         create(&o, &layers, &BTreeSet::from(["fs/nls".to_string()])).unwrap();
         let raw = |p: &str| {
             std::fs::read_link(o.join(p))
@@ -472,15 +479,7 @@ mod tests {
         let s = t.join("s");
         mk(&s, &["Makefile", "fs/nls/nls_utf8.c", "fs/ext4/y.c"]);
         let store = t.join("d/.links");
-        let layers = Layers {
-            kbuild: &[],
-            kbuild_only: None,
-            src: &s,
-            overrides: &BTreeMap::new(),
-            hidden: &[],
-            link_unwritten: true,
-            link_store: Some(&store),
-        };
+        let layers = guarded_src(&s, Some(&store));
         let dirs = BTreeSet::from(["fs/nls".to_string()]);
         let (a, b) = (t.join("d/a/tree"), t.join("d/b/tree"));
         create(&a, &layers, &dirs).unwrap();

@@ -105,14 +105,14 @@ pub fn mark(dir: &Utf8Path, package: &str) -> Result<(), kbuild_install::Error> 
 
 /// Temporary staging directories (`.<pkg>.staging-<pid>-…`) left in OUT by a run that was
 /// killed.
+/// One pass over OUT for all packages (a no-op of 160 packages read it 320 times before).
 pub fn clean_stale(dest: &Utf8Path, packages: &[String]) -> Vec<Utf8PathBuf> {
-    let mut out = Vec::new();
-    for name in packages {
-        for what in ["staging", "old"] {
-            out.extend(fsutil::clean_stale(dest, &format!(".{name}.{what}-")));
-        }
-    }
-    out
+    let prefixes: Vec<String> = packages
+        .iter()
+        .flat_map(|name| ["staging", "old"].map(|what| format!(".{name}.{what}-")))
+        .collect();
+    let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+    fsutil::clean_stale_any(dest, &prefixes)
 }
 
 #[cfg(test)]

@@ -839,10 +839,13 @@ fn catalogue_build() {
         .run(t);
     std::fs::create_dir_all(d2.join("CONFIG_DUMMY")).unwrap();
     std::fs::write(d2.join("CONFIG_DUMMY/notes.txt"), "mine").unwrap();
+    // The refusal is per package: D itself is extmod's, so its locks and the compiler's
+    // answers (`D/.probes/`, complete files written atomically) may be written.
     case("build: foreign D/<pkg>", 15, "was not made by extmod")
         .args(b(&d2, &t.join("out3")))
         .args(["CONFIG_DUMMY"])
         .writes(&d2.join(".extmod-locks"))
+        .writes(&d2.join(".probes"))
         .writes(&t.join("out3"))
         .run(t);
     // A dry run writes nothing.
@@ -1468,6 +1471,17 @@ fn makes_running_below(dir: &Path) -> Vec<String> {
     found
 }
 
+/// `t/s`: a hardlinked copy of the test kernel's source whose drivers/net/Makefile ends with
+/// `rules`.
+fn source_with_net_rules(t: &Path, rules: &str) -> std::path::PathBuf {
+    let s = t.join("s");
+    link_copy(&tk().src, &s);
+    let mk = s.join("drivers/net/Makefile");
+    let text = std::fs::read_to_string(&mk).unwrap();
+    replace(&mk, format!("{text}\n{rules}").as_bytes(), Duration::ZERO);
+    s
+}
+
 /// Issue 9 part 4: a Makefile that writes through the overlay into `$(srctree)` fails with the
 /// path named, and S is unchanged.
 #[test]
@@ -1478,14 +1492,9 @@ fn hostile_makefile_cannot_write_into_the_trees() {
     }
     let tmp = common::tempdir("extmod-hostile-mk-");
     let t = tmp.path();
-    let s = t.join("s");
-    link_copy(&tk().src, &s);
-    let mk = s.join("drivers/net/Makefile");
-    let text = std::fs::read_to_string(&mk).unwrap();
-    replace(
-        &mk,
-        format!("{text}\n$(obj)/dummy.o: extmod-hack\nPHONY += extmod-hack\nextmod-hack: ; touch $(srctree)/include/linux/EXTMOD_HACKED\n").as_bytes(),
-        Duration::ZERO,
+    let s = source_with_net_rules(
+        t,
+        "$(obj)/dummy.o: extmod-hack\nPHONY += extmod-hack\nextmod-hack: ; touch $(srctree)/include/linux/EXTMOD_HACKED\n",
     );
     let (d, out) = (t.join("d"), t.join("out"));
     let o = Command::new(BIN)
@@ -1518,14 +1527,9 @@ fn a_write_below_the_module_directory_is_built_again_with_real_directories() {
     }
     let tmp = common::tempdir("extmod-hostile-subdir-");
     let t = tmp.path();
-    let s = t.join("s");
-    link_copy(&tk().src, &s);
-    let mk = s.join("drivers/net/Makefile");
-    let text = std::fs::read_to_string(&mk).unwrap();
-    replace(
-        &mk,
-        format!("{text}\n$(obj)/dummy.o: $(obj)/wan/extmod-generated.h\n$(obj)/wan/extmod-generated.h: ; echo '/* generated */' > $@\n").as_bytes(),
-        Duration::ZERO,
+    let s = source_with_net_rules(
+        t,
+        "$(obj)/dummy.o: $(obj)/wan/extmod-generated.h\n$(obj)/wan/extmod-generated.h: ; echo '/* generated */' > $@\n",
     );
     let (d, out) = (t.join("d"), t.join("out"));
     let o = Command::new(BIN)

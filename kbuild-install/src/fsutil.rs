@@ -94,12 +94,17 @@ pub fn alive(pid: u32) -> bool {
 /// Remove entries of `dir` named `<prefix><pid>-...` whose process is gone (temporary
 /// directories of a run that was killed). Returns what was removed.
 pub fn clean_stale(dir: &Utf8Path, prefix: &str) -> Vec<Utf8PathBuf> {
+    clean_stale_any(dir, &[prefix])
+}
+
+/// [`clean_stale`] for several prefixes, reading `dir` once.
+pub fn clean_stale_any(dir: &Utf8Path, prefixes: &[&str]) -> Vec<Utf8PathBuf> {
     let mut removed = Vec::new();
     let Ok(rd) = dir.read_dir_utf8() else {
         return removed;
     };
     for e in rd.flatten() {
-        let Some(rest) = e.file_name().strip_prefix(prefix) else {
+        let Some(rest) = prefixes.iter().find_map(|p| e.file_name().strip_prefix(p)) else {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {

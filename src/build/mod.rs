@@ -123,7 +123,8 @@ fn context(
             role,
         })?;
     }
-    k.check_compiler_target(&cc)?;
+    let answers = (!opts.dry_run).then(|| objdir.join(".probes"));
+    k.check_compiler_target(&cc, answers.as_deref())?;
     if let Some(w) = k.untested_version() {
         emit(Event::Warning(w));
     }
@@ -143,6 +144,7 @@ fn context(
         })?;
         probes::Probes::new(&objdir, &k.layers, &k.identity, &cc)?
     };
+
     let ctx = Ctx {
         probes,
         k,

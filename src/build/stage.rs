@@ -15,15 +15,16 @@ use std::time::UNIX_EPOCH;
 
 pub(super) const STATE: &str = "state.json";
 
-pub(super) const STATE_FORMAT: u32 = 4;
+pub(super) const STATE_FORMAT: u32 = 5;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) struct State {
     pub(super) format: u32,
     pub(super) key: String,
     pub(super) modules: Vec<String>,
-    /// Files the build read (real paths), with size, mtime, inode and content hash.
-    pub(super) inputs: Vec<crate::fresh::Input>,
+    /// Files the build read (real paths), with size, mtime, inode and content hash
+    /// ([`crate::fresh::Input::compact`]).
+    pub(super) inputs: Vec<String>,
     /// The build's notes (e.g. the --allow-kernel-change label), repeated when fresh.
     #[serde(default)]
     pub(super) notes: Vec<String>,
@@ -105,7 +106,7 @@ pub(super) fn stage(
         format: STATE_FORMAT,
         key: job.key.clone(),
         modules: job.modules.clone(),
-        inputs,
+        inputs: inputs.iter().map(crate::fresh::Input::compact).collect(),
         notes: job.notes.clone(),
         installed: installed.clone(),
     };
