@@ -168,10 +168,14 @@ impl KbuildTree {
     /// The compiler must generate code for the tree's architecture: `cc -dumpmachine` names its
     /// target (`aarch64-linux-gnu`), which maps to one Kbuild SRCARCH.
     ///
-    /// With `cache` (a directory of D), the answer is kept there, when the directory exists
-    /// (nothing is created before the checks pass), by the compiler binary's path, size and
-    /// mtime: one process less in every later run (a fifth of a no-op).
-    pub fn check_compiler_target(&self, cc: &str, cache: Option<&Utf8Path>) -> Result<(), Error> {
+    /// With `cache` (a directory of D), the answer is read from there, by the compiler
+    /// binary's path, size and mtime: one process less in every later run (a fifth of a
+    /// no-op). A new answer is returned, with where to keep it once the run may write D.
+    pub fn check_compiler_target(
+        &self,
+        cc: &str,
+        cache: Option<&Utf8Path>,
+    ) -> Result<Option<(Utf8PathBuf, String)>, Error> {
         let kept = cache.and_then(|dir| {
             let bin = which::which(cc).ok()?;
             let m = std::fs::metadata(&bin).ok()?;
@@ -191,6 +195,7 @@ impl KbuildTree {
             );
             Some(dir.join(format!("dumpmachine-{}", &key[..16])))
         });
+        let mut new = None;
         let triple = match kept.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
             Some(t) => t,
             None => {
@@ -199,21 +204,17 @@ impl KbuildTree {
                     .stdin(std::process::Stdio::null())
                     .output()
                 else {
-                    return Ok(());
+                    return Ok(None);
                 };
                 let t = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                if let Some(p) = &kept
-                    && p.parent().is_some_and(Utf8Path::is_dir)
-                    && out.status.success()
-                    && !t.is_empty()
-                {
-                    let _ = kbuild_install::fsutil::write_atomic(p, t.as_bytes());
+                if out.status.success() && !t.is_empty() {
+                    new = kept.map(|p| (p, t.clone()));
                 }
                 t
             }
         };
         let Some(arch) = srcarch_of_triple(&triple) else {
-            return Ok(());
+            return Ok(new);
         };
         if arch != self.srcarch {
             return Err(Error::CompilerTarget {
@@ -223,7 +224,7 @@ impl KbuildTree {
                 srcarch: self.srcarch.clone(),
             });
         }
-        Ok(())
+        Ok(new)
     }
 
     /// A warning when the kernel is outside the versions extmod is tested with.

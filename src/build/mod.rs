@@ -124,7 +124,7 @@ fn context(
         })?;
     }
     let answers = (!opts.dry_run).then(|| objdir.join(".probes"));
-    k.check_compiler_target(&cc, answers.as_deref())?;
+    let target_answer = k.check_compiler_target(&cc, answers.as_deref())?;
     if let Some(w) = k.untested_version() {
         emit(Event::Warning(w));
     }
@@ -142,7 +142,14 @@ fn context(
             path: objdir.clone(),
             source: e,
         })?;
-        probes::Probes::new(&objdir, &k.layers, &k.identity, &cc)?
+        let probes = probes::Probes::new(&objdir, &k.layers, &k.identity, &cc)?;
+        if let Some((path, triple)) = &target_answer
+            && let Some(dir) = path.parent()
+            && std::fs::create_dir_all(dir).is_ok()
+        {
+            let _ = kbuild_install::fsutil::write_atomic(path, triple.as_bytes());
+        }
+        probes
     };
 
     let ctx = Ctx {
