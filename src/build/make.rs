@@ -187,7 +187,8 @@ fn build_once(
                     pending.extend(rest);
                 }
                 other => {
-                    wrote_read_only = wrote_below_module_dir(&text, &ctx.tree(name), job);
+                    wrote_read_only =
+                        wrote_below_module_dir(&text, &ctx.tree(name), &job.write_dirs);
                     let why = explain_failure(&text, ctx);
                     if other.is_some() && only_undefined_symbols(&text) {
                         // Compiled, but linked against exports nobody provides: a missing
@@ -473,17 +474,17 @@ fn read_only_writes(log: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether make failed writing below one of the package's module directories (relative to
-/// the overlay `tree`, make's directory), where the overlay may link a directory that none of
-/// the package's objects is in to the read-only source tree.
-fn wrote_below_module_dir(log: &str, tree: &Utf8Path, job: &Job) -> bool {
+/// Whether make failed writing in a directory below one of the package's module directories
+/// (relative to the overlay `tree`, make's directory, or absolute), where the overlay may link
+/// a directory that none of the package's objects is in to the read-only source tree.
+fn wrote_below_module_dir(log: &str, tree: &Utf8Path, write_dirs: &BTreeSet<String>) -> bool {
     read_only_writes(log).iter().any(|p| {
         let p = p.strip_prefix(tree.as_str()).unwrap_or(p);
         let p = p.trim_start_matches('/').trim_start_matches("./");
-        job.write_dirs.iter().any(|d| {
-            p.strip_prefix(d.as_str())
-                .is_some_and(|r| r.starts_with('/'))
-        })
+        write_dirs
+            .iter()
+            .filter_map(|d| p.strip_prefix(d.as_str())?.strip_prefix('/'))
+            .any(|r| r.contains('/'))
     })
 }
 
@@ -508,6 +509,25 @@ pub(super) fn provider_hint(ctx: &Ctx, sym: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_below_a_module_directory_is_told_from_others() {
+        let dirs = BTreeSet::from(["drivers/net".to_string()]);
+        let tree = Utf8Path::new("/d/pkg/tree");
+        let sh = "/bin/sh: 1: cannot create drivers/net/wan/gen.h: Read-only file system\n";
+        assert!(wrote_below_module_dir(sh, tree, &dirs));
+        let abs = "touch: cannot touch '/d/pkg/tree/drivers/net/wan/x': Read-only file system\n";
+        assert!(wrote_below_module_dir(abs, tree, &dirs));
+        // Into include/ (a hostile Makefile), or a sibling directory: no retry.
+        let inc = "touch: cannot touch './include/linux/X': Read-only file system\n";
+        assert!(!wrote_below_module_dir(inc, tree, &dirs));
+        let sib = "cannot create drivers/netfoo/x: Read-only file system\n";
+        assert!(!wrote_below_module_dir(sib, tree, &dirs));
+        // The module directory itself is real: a failure there is not the overlay's doing.
+        let own = "cannot create drivers/net/x: Read-only file system\n";
+        assert!(!wrote_below_module_dir(own, tree, &dirs));
+        assert!(!wrote_below_module_dir("error: x\n", tree, &dirs));
+    }
 
     #[test]
     fn only_modposts_undefined_symbols_count_as_missing_exports() {
