@@ -55,6 +55,15 @@ pub fn stat(path: &Utf8Path) -> Option<Stat> {
     Some((m.len(), t, m.ino()))
 }
 
+/// A program found on PATH as answers about it are kept by: its path, size, mtime and inode
+/// (`None` when it is not found). Another binary at the same name is another key.
+pub fn tool_identity(name: &str) -> Option<String> {
+    let p = which::which(name).ok()?;
+    let p = p.to_str()?;
+    let (size, mtime, ino) = stat(Utf8Path::new(p))?;
+    Some(format!("{p}\0{size}\0{mtime}\0{ino}"))
+}
+
 pub fn sha256(path: &Utf8Path) -> Option<String> {
     let mut f = std::fs::File::open(path).ok()?;
     let mut h = Sha256::new();

@@ -169,7 +169,7 @@ impl KbuildTree {
     /// target (`aarch64-linux-gnu`), which maps to one Kbuild SRCARCH.
     ///
     /// With `cache` (a directory of D), the answer is read from there, by the compiler
-    /// binary's path, size and mtime: one process less in every later run (a fifth of a
+    /// binary ([`crate::fresh::tool_identity`]): one process less in every later run (a fifth of a
     /// no-op). A new answer is returned, with where to keep it once the run may write D.
     pub fn check_compiler_target(
         &self,
@@ -177,22 +177,8 @@ impl KbuildTree {
         cache: Option<&Utf8Path>,
     ) -> Result<Option<(Utf8PathBuf, String)>, Error> {
         let kept = cache.and_then(|dir| {
-            let bin = which::which(cc).ok()?;
-            let m = std::fs::metadata(&bin).ok()?;
-            use std::os::unix::fs::MetadataExt;
-            let key = format!(
-                "{:x}",
-                sha2::Sha256::digest(
-                    format!(
-                        "{}\0{}\0{}\0{}",
-                        bin.display(),
-                        m.size(),
-                        m.mtime(),
-                        m.mtime_nsec()
-                    )
-                    .as_bytes()
-                )
-            );
+            let id = crate::fresh::tool_identity(cc)?;
+            let key = format!("{:x}", sha2::Sha256::digest(id.as_bytes()));
             Some(dir.join(format!("dumpmachine-{}", &key[..16])))
         });
         let mut new = None;

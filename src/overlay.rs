@@ -116,36 +116,17 @@ pub fn create(
 
 /// A real directory `dst` holding what the overlay's directory `rel` would hold, with absolute
 /// links, for overlays to share through an override (`scripts/` with extmod's
-/// `Makefile.compiler`: 180 entries no package writes into). Made in a temporary directory
-/// and renamed into place; when another build made it meanwhile, that one stays.
+/// `Makefile.compiler`: 180 entries no package writes into), made once
+/// ([`kbuild_install::fsutil::publish_dir`]).
 pub fn create_shared(dst: &Utf8Path, rel: &str, layers: &Layers) -> Result<(), KError> {
-    if dst.is_dir() {
-        return Ok(());
-    }
-    let parent = dst.parent().unwrap_or(Utf8Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io("create", parent))?;
-    let tmp = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempdir_in(parent)
-        .map_err(|e| KError::io("create", parent, e))?;
-    let tmp_path = Utf8Path::from_path(tmp.path()).expect("a UTF-8 parent has UTF-8 children");
-    let anchors = Anchors { trees: Vec::new() };
-    Fill {
-        layers,
-        anchors: &anchors,
-        module_dirs: &BTreeSet::new(),
-    }
-    .fill(tmp_path, rel, false)?;
-    if std::fs::rename(tmp_path, dst).is_ok() {
-        let _ = tmp.keep();
-    } else if !dst.is_dir() {
-        return Err(KError::io(
-            "rename",
-            dst,
-            std::io::Error::other("cannot move the shared directory into place"),
-        ));
-    }
-    Ok(())
+    kbuild_install::fsutil::publish_dir(dst, |tmp| {
+        Fill {
+            layers,
+            anchors: &Anchors { trees: Vec::new() },
+            module_dirs: &BTreeSet::new(),
+        }
+        .fill(tmp, rel, false)
+    })
 }
 
 /// The anchor links of an overlay and the trees they stand for.
@@ -282,8 +263,8 @@ impl Fill<'_> {
                 // Directories below a module directory that objects are written into are on the
                 // path above. The others are links into S when the guard makes S read-only for
                 // make; otherwise real too, so that no write can go through a link into S.
-                // (drivers/net holds 404 directories and 6,660 files: making them real took
-                // 0.25 s per package, seconds while another package compiled.)
+                // (drivers/net holds 404 directories and 6,660 files: a new inode each took
+                // 0.25 s per package, seconds after a large `rm -rf`; see `Fill::link`.)
                 if src.is_dir() && !src.is_symlink() {
                     if layers.link_unwritten {
                         symlink(&src, &out)?;

@@ -1482,6 +1482,17 @@ fn source_with_net_rules(t: &Path, rules: &str) -> std::path::PathBuf {
     s
 }
 
+/// `extmod build ARGS CONFIG_DUMMY` against the test kernel's Kbuild tree and the source `s`.
+fn build_dummy(s: &Path, d: &Path, out: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(build_args(k(), s, d, out))
+        .args(args)
+        .arg("CONFIG_DUMMY")
+        .env("CI", "1")
+        .output()
+        .unwrap()
+}
+
 /// Issue 9 part 4: a Makefile that writes through the overlay into `$(srctree)` fails with the
 /// path named, and S is unchanged.
 #[test]
@@ -1497,12 +1508,7 @@ fn hostile_makefile_cannot_write_into_the_trees() {
         "$(obj)/dummy.o: extmod-hack\nPHONY += extmod-hack\nextmod-hack: ; touch $(srctree)/include/linux/EXTMOD_HACKED\n",
     );
     let (d, out) = (t.join("d"), t.join("out"));
-    let o = Command::new(BIN)
-        .args(build_args(k(), &s, &d, &out))
-        .arg("CONFIG_DUMMY")
-        .env("CI", "1")
-        .output()
-        .unwrap();
+    let o = build_dummy(&s, &d, &out, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
@@ -1532,12 +1538,7 @@ fn a_write_below_the_module_directory_is_built_again_with_real_directories() {
         "$(obj)/dummy.o: $(obj)/wan/extmod-generated.h\n$(obj)/wan/extmod-generated.h: ; echo '/* generated */' > $@\n",
     );
     let (d, out) = (t.join("d"), t.join("out"));
-    let o = Command::new(BIN)
-        .args(build_args(k(), &s, &d, &out))
-        .args(["--json", "CONFIG_DUMMY"])
-        .env("CI", "1")
-        .output()
-        .unwrap();
+    let o = build_dummy(&s, &d, &out, &["--json"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(0), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -1552,6 +1553,16 @@ fn a_write_below_the_module_directory_is_built_again_with_real_directories() {
     );
     let tree = d.join("CONFIG_DUMMY/tree/drivers/net/wan");
     assert!(!tree.is_symlink() && tree.join("extmod-generated.h").is_file());
+    // Remembered: the next build (the staged module gone) makes one attempt, with them real.
+    std::fs::remove_dir_all(out.join("CONFIG_DUMMY")).unwrap();
+    let o = build_dummy(&s, &d, &out, &["--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &v["packages"][0];
+    assert_eq!(p["status"], "built", "{p}");
+    assert!(!p.to_string().contains("built again"), "{p}");
+    let log = std::fs::read_to_string(d.join("CONFIG_DUMMY/build.log")).unwrap();
+    assert!(!log.contains("Read-only file system"), "{log}");
+    assert!(!tree.is_symlink());
     for root in [&s, &tk().src] {
         assert!(!root.join("drivers/net/wan/extmod-generated.h").exists());
     }

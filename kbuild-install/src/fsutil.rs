@@ -19,6 +19,33 @@ pub fn write_atomic(path: &Utf8Path, data: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Make `dest` once: `fill` writes it in a temporary directory beside it, which is renamed into
+/// place. When `dest` exists, or another process put it there meanwhile, that one stays
+/// (readers of a shared directory never see a part; concurrent makers agree on its content).
+pub fn publish_dir(dest: &Utf8Path, fill: impl FnOnce(&Utf8Path) -> Result<()>) -> Result<()> {
+    if dest.is_dir() {
+        return Ok(());
+    }
+    let parent = dest.parent().unwrap_or(Utf8Path::new("."));
+    fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempdir_in(parent)
+        .map_err(|e| Error::io("create", parent, e))?;
+    let tmp_path = Utf8Path::from_path(tmp.path()).expect("a UTF-8 parent has UTF-8 children");
+    fill(tmp_path)?;
+    if fs::rename(tmp_path, dest).is_ok() {
+        let _ = tmp.keep();
+    } else if !dest.is_dir() {
+        return Err(Error::io(
+            "rename",
+            dest,
+            std::io::Error::other("cannot move the finished directory into place"),
+        ));
+    }
+    Ok(())
+}
+
 /// Move the finished temporary directory `tmp` to `dest` (a child of `parent` named `name`),
 /// replacing an existing `dest` only once the new one is complete. Where the filesystem supports
 /// `renameat2(RENAME_EXCHANGE)`, the two are swapped in one step, so `dest` is never absent;

@@ -79,23 +79,15 @@ pub(super) fn keep(ctx: &Ctx, job: &Job, unit: &Unit) {
     let Some((dir, cached)) = places(ctx, job, unit) else {
         return;
     };
-    if cached.join(OBJ).is_file() || !dir.join(OBJ).is_file() || !dir.join(CMD).is_file() {
+    if !dir.join(OBJ).is_file() || !dir.join(CMD).is_file() {
         return;
     }
-    let Some(parent) = cached.parent() else {
-        return;
-    };
-    if std::fs::create_dir_all(parent).is_err() {
-        return;
-    }
-    let Ok(tmp) = tempfile::Builder::new().prefix(".tmp-").tempdir_in(parent) else {
-        return;
-    };
-    let copied = [CMD, OBJ]
-        .iter()
-        .all(|f| std::fs::copy(dir.join(f), tmp.path().join(f)).is_ok());
     // Another package may have kept its own meanwhile: the first one stays.
-    if copied && std::fs::rename(tmp.path(), &cached).is_ok() {
-        let _ = tmp.keep();
-    }
+    let _ = kbuild_install::fsutil::publish_dir(&cached, |tmp| {
+        for f in [CMD, OBJ] {
+            std::fs::copy(dir.join(f), tmp.join(f))
+                .map_err(|e| kbuild_install::Error::io("copy", dir.join(f), e))?;
+        }
+        Ok(())
+    });
 }

@@ -67,21 +67,31 @@ pub(super) fn build_package(
     slots: &Slots,
     emit: &(dyn Fn(Event) + Sync),
 ) -> PackageResult {
-    let (r, wrote_read_only) = build_once(ctx, job, extra, slots, emit, true);
-    if r.status != Status::Failed || !wrote_read_only || interrupted() {
+    // Remembered beside the overlay it describes (a new overlay layout removes it).
+    let real = ctx.pkg_dir(&job.pkg.name).join(REAL_SUBDIRS);
+    let linked = !real.exists();
+    let (r, wrote_read_only) = build_once(ctx, job, extra, slots, emit, linked);
+    if !linked || r.status != Status::Failed || !wrote_read_only || interrupted() {
         return r;
     }
     // make wrote below a module directory into a directory the overlay links to the read-only
     // source tree: none of the package's objects is there by the module map, yet the build
     // writes there (a generated file). Again with every directory below the module directories
-    // real.
+    // real, and so from now on.
     let (mut again, _) = build_once(ctx, job, extra, slots, emit, false);
+    if again.status == Status::Built {
+        let _ = std::fs::write(&real, "");
+    }
     again.notes.push(
         "make wrote below a module directory where none of its objects is; built again with those directories real"
             .to_string(),
     );
     again
 }
+
+/// In `D/<package>/`: the package's make writes below its module directories, so they are all
+/// real in its overlay.
+const REAL_SUBDIRS: &str = "real-subdirs";
 
 /// One build of a package; whether a make failed writing into the read-only source tree.
 fn build_once(

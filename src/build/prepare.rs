@@ -83,6 +83,16 @@ pub(super) fn prepare_tree(
         }
         let module_dirs = job.write_dirs.clone();
         let only = (ctx.k.kind == Kind::ObjTree).then_some(overlay::OBJTREE_NAMES);
+        let (links, none) = (ctx.objdir.join(LINKS), BTreeMap::new());
+        let base = Layers {
+            kbuild: &ctx.k.layers,
+            kbuild_only: only,
+            src: &ctx.src.path,
+            overrides: &none,
+            hidden: &[],
+            link_unwritten: false,
+            link_store: Some(&links),
+        };
         let mut overrides = BTreeMap::new();
         if let Some(p) = &ctx.probes {
             // `scripts/` with the cached probes' Makefile.compiler, one for all packages.
@@ -91,19 +101,11 @@ pub(super) fn prepare_tree(
                 p.compiler_mk.clone(),
             )]);
             let shared = p.scripts_dir(&ctx.src.path, only);
-            overlay::create_shared(
-                &shared,
-                "scripts",
-                &Layers {
-                    kbuild: &ctx.k.layers,
-                    kbuild_only: only,
-                    src: &ctx.src.path,
-                    overrides: &compiler,
-                    hidden: &[],
-                    link_unwritten: false,
-                    link_store: Some(&ctx.objdir.join(LINKS)),
-                },
-            )?;
+            let layers = Layers {
+                overrides: &compiler,
+                ..base
+            };
+            overlay::create_shared(&shared, "scripts", &layers)?;
             overrides.insert("scripts".to_string(), shared);
         }
         if let Some(v) = &job.variant {
@@ -139,15 +141,11 @@ pub(super) fn prepare_tree(
             std::fs::write(&path, filtered).map_err(|e| KError::io("write", &path, e))?;
             overrides.insert("Module.symvers".to_string(), path);
         }
-        let links = ctx.objdir.join(LINKS);
         let layers = Layers {
-            kbuild: &ctx.k.layers,
-            kbuild_only: only,
-            src: &ctx.src.path,
             overrides: &overrides,
             hidden: ctx.generation.hides(),
             link_unwritten,
-            link_store: Some(&links),
+            ..base
         };
         overlay::create(&tree, &layers, &module_dirs)?;
         if !ctx.external {

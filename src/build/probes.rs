@@ -102,11 +102,9 @@ impl Probes {
             format!("{cross}ld"),
             format!("{cross}as"),
         ] {
-            if let Ok(p) = which::which(&tool)
-                && let Ok(m) = std::fs::metadata(&p)
-            {
-                use std::os::unix::fs::MetadataExt;
-                h.update(format!("{}\0{}\0{}\0", p.display(), m.size(), m.mtime()).as_bytes());
+            if let Some(id) = crate::fresh::tool_identity(&tool) {
+                h.update(id.as_bytes());
+                h.update(b"\0");
             }
         }
         let key = format!("{:x}", h.finalize());
